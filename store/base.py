@@ -1,0 +1,184 @@
+"""The store interface that the service uses; no SQL crosses it.
+
+Exceptions::
+
+    StoreError
+    ├── MigrationError      the schema is newer than this code, or a migration failed
+    └── UniqueViolation     an insert met an existing key
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Protocol
+
+from store.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    ClientRecord,
+    ComputationRecord,
+    DeliveryFilter,
+    DeliveryPage,
+    DeliveryRecord,
+    IdempotencyRecord,
+    NewDelivery,
+    RequestStatus,
+    ScoreRecord,
+    ScoreRequestRecord,
+)
+
+
+class StoreError(Exception):
+    """The store failed."""
+
+
+class MigrationError(StoreError):
+    """The database schema cannot be brought to the version this code expects."""
+
+
+class UniqueViolation(StoreError):
+    """An insert met a row with the same key."""
+
+
+class Transaction(Protocol):
+    """One atomic unit of work: everything in it commits together or not at all."""
+
+    async def get_idempotency_key(
+        self, client_id: str, key: str, not_before: datetime
+    ) -> IdempotencyRecord | None: ...
+
+    async def insert_idempotency_key(self, record: IdempotencyRecord) -> None: ...
+
+    async def find_valid_score(
+        self, client_id: str, customer_id: str, now: datetime
+    ) -> ScoreRecord | None: ...
+
+    async def find_pending_computation(
+        self, client_id: str, customer_id: str
+    ) -> ComputationRecord | None: ...
+
+    async def insert_computation(self, computation: ComputationRecord) -> None:
+        """Insert; raise UniqueViolation if the customer has a pending one."""
+
+    async def get_computation(self, computation_id: str) -> ComputationRecord | None: ...
+
+    async def complete_computation(self, computation: ComputationRecord) -> None:
+        """Write the status, completion time, fingerprint and failure reason."""
+
+    async def insert_score(self, score: ScoreRecord) -> None: ...
+
+    async def insert_score_request(self, request: ScoreRequestRecord) -> None: ...
+
+    async def get_score_request(
+        self, correlation_id: str, client_id: str | None = None
+    ) -> ScoreRequestRecord | None: ...
+
+    async def complete_pending_requests(
+        self,
+        computation_id: str,
+        status: RequestStatus,
+        completed_at: datetime,
+        score_id: str | None,
+        failure_reason: str | None,
+    ) -> list[ScoreRequestRecord]:
+        """Complete the computation's pending requests and return them, completed."""
+
+    async def insert_delivery(self, delivery: NewDelivery) -> None:
+        """Insert a due delivery; the dispatcher is woken after the commit."""
+
+    async def cancel_pending_deliveries(
+        self, correlation_ids: Sequence[str], event_type: str, now: datetime
+    ) -> int: ...
+
+
+class Store(Protocol):
+    kind: str  # "sqlite" or "postgresql"
+
+    async def close(self) -> None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    def add_new_work_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each commit that made a delivery due."""
+
+    # Clients
+
+    async def insert_client(self, client: ClientRecord) -> None: ...
+
+    async def get_client(self, client_id: str) -> ClientRecord | None: ...
+
+    async def find_client_by_key_hash(self, api_key_hash: str) -> ClientRecord | None: ...
+
+    async def get_signing_secrets(self, client_ids: Sequence[str]) -> dict[str, bytes]: ...
+
+    async def update_signing_secrets(self, client_id: str, signing_secrets: bytes) -> None: ...
+
+    # Reads of requests and scores
+
+    async def get_score_request(
+        self, correlation_id: str, client_id: str | None = None
+    ) -> ScoreRequestRecord | None: ...
+
+    async def latest_valid_score(
+        self, client_id: str, customer_id: str, now: datetime
+    ) -> ScoreRecord | None: ...
+
+    async def has_requested_customer(self, client_id: str, customer_id: str) -> bool: ...
+
+    # Dispatch
+
+    async def claim_due_deliveries(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        per_host_limit: int,
+        host_limits: Mapping[str, int],
+    ) -> list[DeliveryRecord]:
+        """Lease up to ``limit`` due deliveries, oldest first.
+
+        A host gets at most ``host_limits[host]`` of them, or
+        ``per_host_limit`` if it is not in that mapping; a limit of 0 skips
+        the host. So one busy receiver cannot fill a batch.
+        """
+
+    async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
+        """Store attempts and their deliveries' new state, and release the leases.
+
+        An outcome whose lease ``owner`` no longer holds still stores its
+        attempt but leaves the delivery to its new holder.
+        """
+
+    async def postpone_delivery(
+        self, delivery_id: str, owner: str, next_attempt_at: datetime, reason: str
+    ) -> None:
+        """Release a lease without an attempt, due again at ``next_attempt_at``."""
+
+    async def release_leases(self, owner: str) -> int:
+        """Release every lease ``owner`` holds, leaving the deliveries due."""
+
+    async def release_all_leases(self) -> int:
+        """Release every lease; only for a store that a single dispatcher uses."""
+
+    async def next_due_at(self) -> datetime | None:
+        """Return the earliest due time of a pending delivery, leased or not."""
+
+    # Operators
+
+    async def list_deliveries(
+        self, filter: DeliveryFilter, limit: int, cursor: str | None
+    ) -> DeliveryPage: ...
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None: ...
+
+    async def list_attempts(self, delivery_id: str) -> list[AttemptRecord]: ...
+
+    async def replay_deliveries(self, delivery_ids: Sequence[str], now: datetime) -> list[str]:
+        """Make failed or delivered deliveries due now with a fresh attempt budget.
+
+        Returns the IDs replayed; pending and cancelled ones are left alone.
+        """

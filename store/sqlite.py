@@ -1,0 +1,767 @@
+"""The embedded store: one SQLite file in WAL mode, through aiosqlite.
+
+A single dispatcher process uses one file. Writes go through one connection
+under a lock, reads through a second one that sees the last commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from store.base import MigrationError, UniqueViolation
+from store.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    ClientRecord,
+    ComputationRecord,
+    DeliveryFilter,
+    DeliveryPage,
+    DeliveryRecord,
+    DeliveryStatus,
+    IdempotencyRecord,
+    NewDelivery,
+    RequestStatus,
+    ScoreRecord,
+    ScoreRequestRecord,
+)
+
+log = logging.getLogger("store.sqlite")
+
+# How many due rows a claim looks at per row it may lease, so that rows of
+# hosts at their limit do not crowd out the rest.
+_CLAIM_LOOKAHEAD = 4
+
+
+def _to_db(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _from_db(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def _required(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def path_from_url(url: str) -> Path:
+    """Return the file of ``sqlite:///relative/path`` or ``sqlite:////absolute/path``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(f"expected sqlite:///PATH, got {url!r}")
+    return Path(url[len(prefix) :])
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("store").joinpath("migrations", "sqlite")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def _client(row: sqlite3.Row) -> ClientRecord:
+    return ClientRecord(
+        id=row["id"],
+        name=row["name"],
+        api_key_hash=row["api_key_hash"],
+        signing_secrets=bytes(row["signing_secrets"]),
+        created_at=_required(row["created_at"]),
+    )
+
+
+def _computation(row: sqlite3.Row) -> ComputationRecord:
+    return ComputationRecord(
+        id=row["id"],
+        client_id=row["client_id"],
+        customer_id=row["customer_id"],
+        status=RequestStatus(row["status"]),
+        created_at=_required(row["created_at"]),
+        completed_at=_from_db(row["completed_at"]),
+        result_fingerprint=row["result_fingerprint"],
+        failure_reason=row["failure_reason"],
+    )
+
+
+def _score(row: sqlite3.Row, prefix: str = "") -> ScoreRecord:
+    return ScoreRecord(
+        id=row[f"{prefix}id"],
+        client_id=row[f"{prefix}client_id"],
+        customer_id=row[f"{prefix}customer_id"],
+        computation_id=row[f"{prefix}computation_id"],
+        value=row[f"{prefix}value"],
+        computed_at=_required(row[f"{prefix}computed_at"]),
+        valid_until=_required(row[f"{prefix}valid_until"]),
+    )
+
+
+def _score_request(row: sqlite3.Row) -> ScoreRequestRecord:
+    score = _score(row, "score_") if row["score_id"] is not None else None
+    return ScoreRequestRecord(
+        correlation_id=row["correlation_id"],
+        client_id=row["client_id"],
+        customer_id=row["customer_id"],
+        callback_url=row["callback_url"],
+        metadata=row["metadata"],
+        status=RequestStatus(row["status"]),
+        created_at=_required(row["created_at"]),
+        completed_at=_from_db(row["completed_at"]),
+        computation_id=row["computation_id"],
+        score=score,
+        failure_reason=row["failure_reason"],
+    )
+
+
+def _delivery(row: sqlite3.Row) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row["id"],
+        message_id=row["message_id"],
+        client_id=row["client_id"],
+        correlation_id=row["correlation_id"],
+        event_type=row["event_type"],
+        url=row["url"],
+        host=row["host"],
+        payload=bytes(row["payload"]),
+        status=DeliveryStatus(row["status"]),
+        attempt_count=row["attempt_count"],
+        attempts_in_round=row["attempts_in_round"],
+        next_attempt_at=_required(row["next_attempt_at"]),
+        lease_owner=row["lease_owner"],
+        lease_expires_at=_from_db(row["lease_expires_at"]),
+        last_error=row["last_error"],
+        last_status_code=row["last_status_code"],
+        created_at=_required(row["created_at"]),
+        updated_at=_required(row["updated_at"]),
+    )
+
+
+def _attempt(row: sqlite3.Row) -> AttemptRecord:
+    return AttemptRecord(
+        delivery_id=row["delivery_id"],
+        number=row["number"],
+        started_at=_required(row["started_at"]),
+        duration_ms=row["duration_ms"],
+        status_code=row["status_code"],
+        error=row["error"],
+        response_excerpt=row["response_excerpt"],
+    )
+
+
+_SCORE_REQUEST_SELECT = """
+    SELECT r.*, s.id AS score_id, s.client_id AS score_client_id,
+           s.customer_id AS score_customer_id,
+           s.computation_id AS score_computation_id, s.value AS score_value,
+           s.computed_at AS score_computed_at, s.valid_until AS score_valid_until
+    FROM score_requests AS r LEFT JOIN scores AS s ON s.id = r.score_id
+"""
+
+
+class _Reads:
+    """Queries that both a transaction and the read connection run."""
+
+    _db: aiosqlite.Connection
+
+    async def _one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
+        async with self._db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        async with self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def get_score_request(
+        self, correlation_id: str, client_id: str | None = None
+    ) -> ScoreRequestRecord | None:
+        sql = _SCORE_REQUEST_SELECT + " WHERE r.correlation_id = ?"
+        params: list[Any] = [correlation_id]
+        if client_id is not None:
+            sql += " AND r.client_id = ?"
+            params.append(client_id)
+        row = await self._one(sql, params)
+        return None if row is None else _score_request(row)
+
+    async def find_valid_score(
+        self, client_id: str, customer_id: str, now: datetime
+    ) -> ScoreRecord | None:
+        row = await self._one(
+            """SELECT * FROM scores
+               WHERE client_id = ? AND customer_id = ? AND valid_until > ?
+               ORDER BY computed_at DESC LIMIT 1""",
+            (client_id, customer_id, _to_db(now)),
+        )
+        return None if row is None else _score(row)
+
+
+class _SqliteTransaction(_Reads):
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self.new_work = False
+
+    async def get_idempotency_key(
+        self, client_id: str, key: str, not_before: datetime
+    ) -> IdempotencyRecord | None:
+        row = await self._one(
+            """SELECT * FROM idempotency_keys
+               WHERE client_id = ? AND key = ? AND created_at >= ?""",
+            (client_id, key, _to_db(not_before)),
+        )
+        if row is None:
+            return None
+        return IdempotencyRecord(
+            client_id=row["client_id"],
+            key=row["key"],
+            request_fingerprint=row["request_fingerprint"],
+            correlation_id=row["correlation_id"],
+            status_code=row["status_code"],
+            created_at=_required(row["created_at"]),
+        )
+
+    async def insert_idempotency_key(self, record: IdempotencyRecord) -> None:
+        # An expired key with the same name gives way to the new one.
+        await self._db.execute(
+            """INSERT OR REPLACE INTO idempotency_keys
+               (client_id, key, request_fingerprint, correlation_id, status_code,
+                created_at)
+               VALUES (?, ?, ?, ?, ?, ?)""",
+            (
+                record.client_id,
+                record.key,
+                record.request_fingerprint,
+                record.correlation_id,
+                record.status_code,
+                _to_db(record.created_at),
+            ),
+        )
+
+    async def find_pending_computation(
+        self, client_id: str, customer_id: str
+    ) -> ComputationRecord | None:
+        row = await self._one(
+            """SELECT * FROM computations
+               WHERE client_id = ? AND customer_id = ? AND status = 'pending'""",
+            (client_id, customer_id),
+        )
+        return None if row is None else _computation(row)
+
+    async def insert_computation(self, computation: ComputationRecord) -> None:
+        try:
+            await self._db.execute(
+                """INSERT INTO computations
+                   (id, client_id, customer_id, status, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (
+                    computation.id,
+                    computation.client_id,
+                    computation.customer_id,
+                    computation.status.value,
+                    _to_db(computation.created_at),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise UniqueViolation(str(exc)) from exc
+
+    async def get_computation(self, computation_id: str) -> ComputationRecord | None:
+        row = await self._one("SELECT * FROM computations WHERE id = ?", (computation_id,))
+        return None if row is None else _computation(row)
+
+    async def complete_computation(self, computation: ComputationRecord) -> None:
+        await self._db.execute(
+            """UPDATE computations
+               SET status = ?, completed_at = ?, result_fingerprint = ?,
+                   failure_reason = ?
+               WHERE id = ?""",
+            (
+                computation.status.value,
+                _to_db(computation.completed_at),
+                computation.result_fingerprint,
+                computation.failure_reason,
+                computation.id,
+            ),
+        )
+
+    async def insert_score(self, score: ScoreRecord) -> None:
+        await self._db.execute(
+            """INSERT INTO scores
+               (id, client_id, customer_id, computation_id, value, computed_at,
+                valid_until)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (
+                score.id,
+                score.client_id,
+                score.customer_id,
+                score.computation_id,
+                score.value,
+                _to_db(score.computed_at),
+                _to_db(score.valid_until),
+            ),
+        )
+
+    async def insert_score_request(self, request: ScoreRequestRecord) -> None:
+        await self._db.execute(
+            """INSERT INTO score_requests
+               (correlation_id, client_id, customer_id, callback_url, metadata,
+                status, created_at, completed_at, computation_id, score_id,
+                failure_reason)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                request.correlation_id,
+                request.client_id,
+                request.customer_id,
+                request.callback_url,
+                request.metadata,
+                request.status.value,
+                _to_db(request.created_at),
+                _to_db(request.completed_at),
+                request.computation_id,
+                request.score.id if request.score else None,
+                request.failure_reason,
+            ),
+        )
+
+    async def complete_pending_requests(
+        self,
+        computation_id: str,
+        status: RequestStatus,
+        completed_at: datetime,
+        score_id: str | None,
+        failure_reason: str | None,
+    ) -> list[ScoreRequestRecord]:
+        rows = await self._all(
+            """UPDATE score_requests
+               SET status = ?, completed_at = ?, score_id = ?, failure_reason = ?
+               WHERE computation_id = ? AND status = 'pending'
+               RETURNING correlation_id""",
+            (status.value, _to_db(completed_at), score_id, failure_reason, computation_id),
+        )
+        completed = []
+        for row in rows:
+            request = await self.get_score_request(row["correlation_id"])
+            assert request is not None
+            completed.append(request)
+        return sorted(completed, key=lambda request: request.correlation_id)
+
+    async def insert_delivery(self, delivery: NewDelivery) -> None:
+        now = _to_db(datetime.now(UTC))
+        await self._db.execute(
+            """INSERT INTO deliveries
+               (id, message_id, client_id, correlation_id, event_type, url, host,
+                payload, status, next_attempt_at, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)""",
+            (
+                delivery.id,
+                delivery.message_id,
+                delivery.client_id,
+                delivery.correlation_id,
+                delivery.event_type,
+                delivery.url,
+                delivery.host,
+                delivery.payload,
+                _to_db(delivery.next_attempt_at),
+                now,
+                now,
+            ),
+        )
+        self.new_work = True
+
+    async def cancel_pending_deliveries(
+        self, correlation_ids: Sequence[str], event_type: str, now: datetime
+    ) -> int:
+        if not correlation_ids:
+            return 0
+        marks = ",".join("?" * len(correlation_ids))
+        cursor = await self._db.execute(
+            f"""UPDATE deliveries
+                SET status = 'cancelled', updated_at = ?, lease_owner = NULL,
+                    lease_expires_at = NULL
+                WHERE status = 'pending' AND event_type = ?
+                  AND correlation_id IN ({marks})""",
+            (_to_db(now), event_type, *correlation_ids),
+        )
+        return cursor.rowcount
+
+
+def _encode_cursor(created_at: float, delivery_id: str) -> str:
+    raw = json.dumps([created_at, delivery_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Return the position a cursor names; raise ValueError if it is malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, delivery_id = json.loads(raw)
+        return float(created_at), str(delivery_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+class SqliteStore(_Reads):
+    kind = "sqlite"
+
+    def __init__(
+        self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._db = reader
+        self._write_lock = asyncio.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    @classmethod
+    async def open(cls, url: str, *, synchronous: str = "full") -> SqliteStore:
+        """Open the file, creating it and its folder, and apply pending migrations."""
+        path = path_from_url(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await cls._connect(path, synchronous)
+        try:
+            await _migrate(writer)
+            reader = await cls._connect(path, synchronous)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    @staticmethod
+    async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        await db.execute("PRAGMA busy_timeout = 10000")
+        await db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    async def close(self) -> None:
+        await self._db.close()
+        await self._writer.close()
+
+    def add_new_work_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _notify_new_work(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteTransaction]:
+        async with self._write_lock:
+            transaction = _SqliteTransaction(self._writer)
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield transaction
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+        if transaction.new_work:
+            self._notify_new_work()
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self.transaction() as transaction:
+            cursor = await transaction._db.execute(sql, params)
+            return cursor.rowcount
+
+    # Clients
+
+    async def insert_client(self, client: ClientRecord) -> None:
+        await self._write(
+            """INSERT INTO clients (id, name, api_key_hash, signing_secrets, created_at)
+               VALUES (?, ?, ?, ?, ?)""",
+            (
+                client.id,
+                client.name,
+                client.api_key_hash,
+                client.signing_secrets,
+                _to_db(client.created_at),
+            ),
+        )
+
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        row = await self._one("SELECT * FROM clients WHERE id = ?", (client_id,))
+        return None if row is None else _client(row)
+
+    async def find_client_by_key_hash(self, api_key_hash: str) -> ClientRecord | None:
+        row = await self._one(
+            "SELECT * FROM clients WHERE api_key_hash = ?", (api_key_hash,)
+        )
+        return None if row is None else _client(row)
+
+    async def get_signing_secrets(self, client_ids: Sequence[str]) -> dict[str, bytes]:
+        if not client_ids:
+            return {}
+        marks = ",".join("?" * len(client_ids))
+        rows = await self._all(
+            f"SELECT id, signing_secrets FROM clients WHERE id IN ({marks})",
+            list(client_ids),
+        )
+        return {row["id"]: bytes(row["signing_secrets"]) for row in rows}
+
+    async def update_signing_secrets(self, client_id: str, signing_secrets: bytes) -> None:
+        await self._write(
+            "UPDATE clients SET signing_secrets = ? WHERE id = ?",
+            (signing_secrets, client_id),
+        )
+
+    # Reads of requests and scores
+
+    async def latest_valid_score(
+        self, client_id: str, customer_id: str, now: datetime
+    ) -> ScoreRecord | None:
+        return await self.find_valid_score(client_id, customer_id, now)
+
+    async def has_requested_customer(self, client_id: str, customer_id: str) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM score_requests WHERE client_id = ? AND customer_id = ? LIMIT 1",
+            (client_id, customer_id),
+        )
+        return row is not None
+
+    # Dispatch
+
+    async def claim_due_deliveries(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        per_host_limit: int,
+        host_limits: Mapping[str, int],
+    ) -> list[DeliveryRecord]:
+        if limit <= 0:
+            return []
+        excluded = [host for host, remaining in host_limits.items() if remaining <= 0]
+        marks = ",".join("?" * len(excluded))
+        exclusion = f"AND host NOT IN ({marks})" if excluded else ""
+        async with self.transaction() as transaction:
+            candidates = await transaction._all(
+                f"""SELECT id, host FROM deliveries
+                    WHERE status = 'pending' AND next_attempt_at <= ?
+                      AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+                      {exclusion}
+                    ORDER BY next_attempt_at LIMIT ?""",
+                (_to_db(now), _to_db(now), *excluded, limit * _CLAIM_LOOKAHEAD),
+            )
+            chosen = _choose_per_host(candidates, limit, per_host_limit, host_limits)
+            if not chosen:
+                return []
+            marks = ",".join("?" * len(chosen))
+            rows = await transaction._all(
+                f"""UPDATE deliveries
+                    SET lease_owner = ?, lease_expires_at = ?
+                    WHERE id IN ({marks})
+                    RETURNING *""",
+                (owner, _to_db(lease_until), *chosen),
+            )
+        deliveries = [_delivery(row) for row in rows]
+        return sorted(deliveries, key=lambda delivery: delivery.next_attempt_at)
+
+    async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
+        now = _to_db(datetime.now(UTC))
+        async with self.transaction() as transaction:
+            db = transaction._db
+            for outcome in outcomes:
+                attempt = outcome.attempt
+                await db.execute(
+                    """INSERT OR IGNORE INTO attempts
+                       (delivery_id, number, started_at, duration_ms, status_code,
+                        error, response_excerpt)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        attempt.delivery_id,
+                        attempt.number,
+                        _to_db(attempt.started_at),
+                        attempt.duration_ms,
+                        attempt.status_code,
+                        attempt.error,
+                        attempt.response_excerpt,
+                    ),
+                )
+                await db.execute(
+                    """UPDATE deliveries
+                       SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at),
+                           attempt_count = attempt_count + 1,
+                           attempts_in_round = attempts_in_round + 1,
+                           last_error = ?, last_status_code = ?, updated_at = ?,
+                           lease_owner = NULL, lease_expires_at = NULL
+                       WHERE id = ? AND lease_owner = ? AND status = 'pending'""",
+                    (
+                        outcome.status.value,
+                        _to_db(outcome.next_attempt_at),
+                        attempt.error,
+                        attempt.status_code,
+                        now,
+                        attempt.delivery_id,
+                        owner,
+                    ),
+                )
+
+    async def postpone_delivery(
+        self, delivery_id: str, owner: str, next_attempt_at: datetime, reason: str
+    ) -> None:
+        await self._write(
+            """UPDATE deliveries
+               SET next_attempt_at = ?, last_error = ?, updated_at = ?,
+                   lease_owner = NULL, lease_expires_at = NULL
+               WHERE id = ? AND lease_owner = ?""",
+            (
+                _to_db(next_attempt_at),
+                reason,
+                _to_db(datetime.now(UTC)),
+                delivery_id,
+                owner,
+            ),
+        )
+
+    async def release_leases(self, owner: str) -> int:
+        return await self._write(
+            """UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL
+               WHERE lease_owner = ?""",
+            (owner,),
+        )
+
+    async def release_all_leases(self) -> int:
+        return await self._write(
+            """UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL
+               WHERE lease_owner IS NOT NULL"""
+        )
+
+    async def next_due_at(self) -> datetime | None:
+        row = await self._one(
+            "SELECT MIN(next_attempt_at) AS due FROM deliveries WHERE status = 'pending'"
+        )
+        return _from_db(row["due"])
+
+    # Operators
+
+    async def list_deliveries(
+        self, filter: DeliveryFilter, limit: int, cursor: str | None
+    ) -> DeliveryPage:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if filter.status is not None:
+            conditions.append("status = ?")
+            params.append(filter.status.value)
+        if filter.client_id is not None:
+            conditions.append("client_id = ?")
+            params.append(filter.client_id)
+        if filter.event_type is not None:
+            conditions.append("event_type = ?")
+            params.append(filter.event_type)
+        if filter.since is not None:
+            conditions.append("created_at >= ?")
+            params.append(_to_db(filter.since))
+        if filter.until is not None:
+            conditions.append("created_at < ?")
+            params.append(_to_db(filter.until))
+        if filter.delivery_ids:
+            conditions.append(f"id IN ({','.join('?' * len(filter.delivery_ids))})")
+            params.extend(filter.delivery_ids)
+        if cursor is not None:
+            created_at, delivery_id = decode_cursor(cursor)
+            conditions.append("(created_at, id) < (?, ?)")
+            params.extend([created_at, delivery_id])
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._all(
+            f"""SELECT * FROM deliveries {where}
+                ORDER BY created_at DESC, id DESC LIMIT ?""",
+            [*params, limit + 1],
+        )
+        deliveries = [_delivery(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = _encode_cursor(last["created_at"], last["id"])
+        return DeliveryPage(deliveries=deliveries, next_cursor=next_cursor)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        row = await self._one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,))
+        return None if row is None else _delivery(row)
+
+    async def list_attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        rows = await self._all(
+            "SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number",
+            (delivery_id,),
+        )
+        return [_attempt(row) for row in rows]
+
+    async def replay_deliveries(self, delivery_ids: Sequence[str], now: datetime) -> list[str]:
+        if not delivery_ids:
+            return []
+        marks = ",".join("?" * len(delivery_ids))
+        async with self.transaction() as transaction:
+            rows = await transaction._all(
+                f"""UPDATE deliveries
+                    SET status = 'pending', attempts_in_round = 0,
+                        next_attempt_at = ?, updated_at = ?,
+                        lease_owner = NULL, lease_expires_at = NULL
+                    WHERE id IN ({marks}) AND status IN ('failed', 'delivered')
+                    RETURNING id""",
+                (_to_db(now), _to_db(now), *delivery_ids),
+            )
+            if rows:
+                transaction.new_work = True
+        return [row["id"] for row in rows]
+
+
+def _choose_per_host(
+    candidates: Sequence[sqlite3.Row],
+    limit: int,
+    per_host_limit: int,
+    host_limits: Mapping[str, int],
+) -> list[str]:
+    remaining: dict[str, int] = {}
+    chosen = []
+    for row in candidates:
+        host = row["host"]
+        left = remaining.get(host, host_limits.get(host, per_host_limit))
+        if left <= 0:
+            continue
+        remaining[host] = left - 1
+        chosen.append(row["id"])
+        if len(chosen) == limit:
+            break
+    return chosen
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    await db.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"""
+    )
+    async with db.execute("SELECT MAX(version) FROM schema_migrations") as cursor:
+        row = await cursor.fetchone()
+    current = row[0] or 0
+    known = _migrations()
+    if known and current > known[-1][0]:
+        raise MigrationError(
+            f"the database schema is at version {current}, newer than this code "
+            f"knows ({known[-1][0]}); upgrade the service"
+        )
+    for version, name, script in known:
+        if version <= current:
+            continue
+        log.info("applying migration %s", name, extra={"event": "migration_applied"})
+        statements = f"BEGIN IMMEDIATE;\n{script}\n" + (
+            "INSERT INTO schema_migrations (version, name, applied_at) "
+            f"VALUES ({version}, '{name}', {datetime.now(UTC).timestamp()});\nCOMMIT;"
+        )
+        try:
+            await db.executescript(statements)
+        except sqlite3.Error as exc:
+            await db.execute("ROLLBACK")
+            raise MigrationError(f"migration {name} failed: {exc}") from exc

@@ -1,0 +1,212 @@
+"""Shared fixtures: a real SQLite file, the real app, and real receivers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from standardwebhooks import Webhook
+
+from webhooks import credentials
+from webhooks.app import create_app
+from webhooks.clients import NewClient, create_client
+from webhooks.config import (
+    AdminConfig,
+    BackendConfig,
+    Config,
+    DeliveryConfig,
+    ScoresConfig,
+    SecurityConfig,
+    ServerConfig,
+    StoreConfig,
+)
+from webhooks.credentials import SecretBox
+from webhooks.state import STATE
+
+BACKEND_TOKEN = "backend-token-for-tests-0123456789"
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+
+
+def make_config(tmp_path: Path, **sections: Any) -> Config:
+    """Return a config on a SQLite file in ``tmp_path`` with fast retries.
+
+    ``sections`` maps a section name to a dict of field overrides, for
+    example ``delivery={"retry_schedule_s": (0.1,)}``.
+    """
+    config = Config(
+        server=ServerConfig(public_url="http://scores.test"),
+        store=StoreConfig(url=f"sqlite:///{tmp_path / 'webhooks.sqlite3'}", synchronous="normal"),
+        backend=BackendConfig(
+            url="http://127.0.0.1:9/unused",
+            token=BACKEND_TOKEN,
+            signing_secret=credentials.new_signing_secret(),
+        ),
+        admin=AdminConfig(token=ADMIN_TOKEN),
+        security=SecurityConfig(master_key=credentials.new_master_key()),
+        delivery=DeliveryConfig(
+            retry_schedule_s=(0.2, 0.2, 0.2),
+            jitter=0.0,
+            connect_timeout_s=1.0,
+            attempt_timeout_s=2.0,
+            allow_http=True,
+            allow_private_networks=True,
+            poll_interval_s=0.2,
+            shutdown_grace_s=2.0,
+        ),
+        scores=ScoresConfig(),
+        source="tests",
+    )
+    for name, overrides in sections.items():
+        config = replace(config, **{name: replace(getattr(config, name), **overrides)})
+    return config
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 5.0
+) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        outcome = predicate()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class ReceivedWebhook:
+    headers: dict[str, str]
+    body: bytes
+    received_at: float  # time.monotonic()
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A real aiohttp server that records every webhook it receives.
+
+    ``responses`` lists the statuses to answer in turn; after they run out it
+    answers ``default_status``. Verification with the ``standardwebhooks``
+    package fails the request with 400 and is recorded in ``invalid``.
+    """
+
+    server: TestServer | None = None
+    secret: str | None = None
+    responses: list[int] = field(default_factory=list)
+    default_status: int = 200
+    received: list[ReceivedWebhook] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
+
+    def url(self, path: str = "/hooks") -> str:
+        assert self.server is not None
+        return str(self.server.make_url(path))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = dict(request.headers)
+        self.received.append(ReceivedWebhook(headers, body, time.monotonic()))
+        if self.secret is not None:
+            try:
+                Webhook(self.secret).verify(body, headers)
+            except Exception as exc:  # the library raises its own error types
+                self.invalid.append(repr(exc))
+                return web.Response(status=400)
+        if self.handler is not None:
+            return await self.handler(request)
+        status = self.responses.pop(0) if self.responses else self.default_status
+        return web.Response(status=status)
+
+
+@pytest.fixture
+async def make_receiver(aiohttp_server: Any) -> Callable[..., Awaitable[Receiver]]:
+    async def make(**kwargs: Any) -> Receiver:
+        receiver = Receiver(**kwargs)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", receiver.handle)
+        receiver.server = await aiohttp_server(app)
+        return receiver
+
+    return make
+
+
+@dataclass
+class Service:
+    """The app under test, with a test client and helpers for its parties."""
+
+    http: TestClient
+    config: Config
+
+    @property
+    def state(self) -> Any:
+        return self.http.app[STATE]
+
+    async def new_client(self, name: str = "client") -> NewClient:
+        return await create_client(self.state.store, SecretBox(self.config.master_key), name)
+
+    def client_headers(self, client: NewClient, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {client.api_key}", **extra}
+
+    def backend_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.backend.token}"}
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.admin.token}"}
+
+    async def submit(self, client: NewClient, **body: Any) -> Any:
+        headers = self.client_headers(client)
+        if "idempotency_key" in body:
+            headers["Idempotency-Key"] = body.pop("idempotency_key")
+        return await self.http.post("/v1/score-requests", json=body, headers=headers)
+
+    async def post_result(self, correlation_id: str, **body: Any) -> Any:
+        return await self.http.put(
+            f"/v1/backend/score-requests/{correlation_id}/result",
+            json=body,
+            headers=self.backend_headers(),
+        )
+
+
+@pytest.fixture
+async def make_service(
+    aiohttp_client: Any, tmp_path: Path
+) -> Callable[..., Awaitable[Service]]:
+    """Start the app on a config from ``make_config`` with the given overrides."""
+
+    async def make(config: Config | None = None, **sections: Any) -> Service:
+        config = config or make_config(tmp_path, **sections)
+        http = await aiohttp_client(create_app(config))
+        return Service(http=http, config=config)
+
+    return make
+
+
+@pytest.fixture
+async def backend(make_receiver: Callable[..., Awaitable[Receiver]]) -> Receiver:
+    """A scoring-backend stand-in that acknowledges every score.requested event."""
+    return await make_receiver(default_status=202)
+
+
+@pytest.fixture
+async def service(
+    make_service: Callable[..., Awaitable[Service]], backend: Receiver, tmp_path: Path
+) -> Service:
+    config = make_config(tmp_path)
+    backend.secret = config.backend.signing_secret
+    config = replace(config, backend=replace(config.backend, url=backend.url("/score-requests")))
+    return await make_service(config)

@@ -1,0 +1,3 @@
+from webhooks.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Operator endpoints: clients, and the deliveries with their attempts and replay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from store.records import DeliveryFilter, DeliveryStatus
+from webhooks import bodies, events
+from webhooks.auth import require_admin
+from webhooks.clients import create_client
+from webhooks.problems import Conflict, NotFound, ValidationFailed
+from webhooks.resources import attempt_resource, delivery_resource
+from webhooks.schemas import ClientBody
+from webhooks.state import STATE
+from webhooks.timefmt import utc_now
+
+routes = web.RouteTableDef()
+
+MAX_PAGE_SIZE = 500
+
+
+class DeliveryQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    status = fields.String(validate=validate.OneOf([s.value for s in DeliveryStatus]))
+    client_id = fields.String(validate=validate.Length(min=1, max=64))
+    event_type = fields.String(validate=validate.OneOf(events.EVENT_TYPES))
+    since = fields.AwareDateTime(format="iso")
+    until = fields.AwareDateTime(format="iso")
+    limit = fields.Integer(
+        load_default=100, validate=validate.Range(min=1, max=MAX_PAGE_SIZE)
+    )
+    cursor = fields.String(validate=validate.Length(min=1, max=200))
+
+
+def _query(request: web.Request) -> dict[str, Any]:
+    try:
+        return DeliveryQuery().load(dict(request.query))
+    except ValidationError as exc:
+        names = ", ".join(sorted(str(name) for name in exc.messages))
+        raise ValidationFailed(f"invalid query parameters: {names}", errors=exc.messages) from None
+
+
+@routes.post("/v1/admin/clients")
+async def post_client(request: web.Request) -> web.Response:
+    """Create a client; the API key and signing secret are shown only here."""
+    require_admin(request)
+    state = request.app[STATE]
+    body = bodies.load(ClientBody(), await bodies.read_json(request))
+    created = await create_client(state.store, state.box, body["name"])
+    return web.json_response(
+        {
+            "client_id": created.record.id,
+            "name": created.record.name,
+            "api_key": created.api_key,
+            "signing_secret": created.signing_secret,
+        },
+        status=201,
+    )
+
+
+@routes.get("/v1/admin/deliveries")
+async def list_deliveries(request: web.Request) -> web.Response:
+    require_admin(request)
+    query = _query(request)
+    filter = DeliveryFilter(
+        status=DeliveryStatus(query["status"]) if "status" in query else None,
+        client_id=query.get("client_id"),
+        event_type=query.get("event_type"),
+        since=query.get("since"),
+        until=query.get("until"),
+    )
+    try:
+        page = await request.app[STATE].store.list_deliveries(
+            filter, query["limit"], query.get("cursor")
+        )
+    except ValueError:
+        raise ValidationFailed(
+            "the cursor is not valid; pass next_cursor from the previous page",
+            errors={"cursor": ["Not a valid cursor."]},
+        ) from None
+    return web.json_response(
+        {
+            "deliveries": [delivery_resource(d) for d in page.deliveries],
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+@routes.get("/v1/admin/deliveries/{delivery_id}")
+async def get_delivery(request: web.Request) -> web.Response:
+    require_admin(request)
+    store = request.app[STATE].store
+    delivery_id = request.match_info["delivery_id"]
+    delivery = await store.get_delivery(delivery_id)
+    if delivery is None:
+        raise NotFound(f"no delivery {delivery_id!r}")
+    resource = delivery_resource(delivery)
+    resource["attempts"] = [attempt_resource(a) for a in await store.list_attempts(delivery_id)]
+    return web.json_response(resource)
+
+
+@routes.post("/v1/admin/deliveries/{delivery_id}/replay")
+async def replay_delivery(request: web.Request) -> web.Response:
+    """Make a failed or delivered delivery due now, keeping its webhook-id."""
+    require_admin(request)
+    store = request.app[STATE].store
+    delivery_id = request.match_info["delivery_id"]
+    delivery = await store.get_delivery(delivery_id)
+    if delivery is None:
+        raise NotFound(f"no delivery {delivery_id!r}")
+    replayed = await store.replay_deliveries([delivery_id], utc_now())
+    if not replayed:
+        raise Conflict(
+            f"delivery {delivery_id!r} is {delivery.status.value}; only failed or "
+            "delivered deliveries can be replayed"
+        )
+    updated = await store.get_delivery(delivery_id)
+    assert updated is not None
+    return web.json_response(delivery_resource(updated), status=202)

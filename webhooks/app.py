@@ -1,0 +1,152 @@
+"""The aiohttp application: routes, middleware, and the start and stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import aiohttp
+from aiohttp import web
+
+import webhooks
+from store import Store, open_store
+from webhooks import admin_api, backend_api, client_api, credentials
+from webhooks.config import Config
+from webhooks.credentials import SecretBox
+from webhooks.dispatcher import Dispatcher
+from webhooks.keyring import Keyring
+from webhooks.netpolicy import NetworkPolicy
+from webhooks.problems import problem_middleware
+from webhooks.service import ScoreService
+from webhooks.state import STATE, AppState
+
+log = logging.getLogger("webhooks.app")
+
+_READY_TIMEOUT_S = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app.get(STATE)
+    if state is None:
+        return web.json_response({"status": "starting"}, status=503)
+    try:
+        async with asyncio.timeout(_READY_TIMEOUT_S):
+            await state.store.next_due_at()
+    except Exception as exc:  # any failure of the store means not ready
+        reason = "store timed out" if isinstance(exc, TimeoutError) else "store failed"
+        return web.json_response({"status": "unavailable", "reason": reason}, status=503)
+    if not state.dispatcher.running:
+        return web.json_response(
+            {"status": "unavailable", "reason": "dispatcher not running"}, status=503
+        )
+    return web.json_response({"status": "ok"})
+
+
+def _log_start(config: Config, store: Store) -> None:
+    switches = []
+    if config.delivery.allow_http:
+        switches.append("allow_http")
+    if config.delivery.allow_private_networks:
+        switches.append("allow_private_networks")
+    log.info(
+        "score webhooks %s starting: store %s, listening on %s:%d, config %s",
+        webhooks.__version__,
+        store.kind,
+        config.server.host,
+        config.server.port,
+        config.source,
+        extra={"event": "service_starting", "store_kind": store.kind},
+    )
+    if switches:
+        log.warning(
+            "safety switches on (for development and tests only): %s",
+            ", ".join(switches),
+            extra={"event": "safety_switches_on", "switches": switches},
+        )
+
+
+def create_app(
+    config: Config,
+    *,
+    store: Store | None = None,
+    connector: aiohttp.BaseConnector | None = None,
+) -> web.Application:
+    """Build the application; the store, client session and dispatcher start with it.
+
+    ``store`` and ``connector`` let tests supply their own; a given store is
+    not closed when the application stops.
+    """
+    app = web.Application(
+        middlewares=[problem_middleware], client_max_size=config.server.max_body_bytes
+    )
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.add_routes(client_api.routes)
+    app.add_routes(backend_api.routes)
+    app.add_routes(admin_api.routes)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        own_store = store is None
+        active_store = store or await open_store(
+            config.store.url, synchronous=config.store.synchronous
+        )
+        _log_start(config, active_store)
+        box = SecretBox(config.master_key)
+        delivery = config.delivery
+        session = aiohttp.ClientSession(
+            connector=connector
+            or aiohttp.TCPConnector(
+                limit=delivery.max_in_flight,
+                limit_per_host=delivery.max_in_flight_per_host,
+            ),
+            headers={"User-Agent": f"score-webhooks/{webhooks.__version__}"},
+        )
+        keyring = Keyring(active_store, box, config.backend.signing_secret)
+        dispatcher = Dispatcher(active_store, session, delivery, keyring.signers_for)
+        app[STATE] = AppState(
+            config=config,
+            store=active_store,
+            service=ScoreService(
+                active_store,
+                public_url=config.server.public_url,
+                backend_url=config.backend.url,
+                default_validity=timedelta(seconds=config.scores.default_validity_s),
+                idempotency_window=timedelta(seconds=config.scores.idempotency_window_s),
+            ),
+            box=box,
+            policy=NetworkPolicy(
+                allow_http=delivery.allow_http,
+                allow_private_networks=delivery.allow_private_networks,
+            ),
+            dispatcher=dispatcher,
+            backend_token_hash=credentials.hash_token(config.backend.token),
+            admin_token_hash=credentials.hash_token(config.admin.token),
+        )
+        if active_store.kind == "sqlite":
+            # One dispatcher per SQLite file: leases left by a killed process
+            # are this process's to take back at once.
+            released = await active_store.release_all_leases()
+            if released:
+                log.info(
+                    "took back %d leases left by a previous run",
+                    released,
+                    extra={"event": "leases_recovered", "count": released},
+                )
+        await dispatcher.start()
+        try:
+            yield
+        finally:
+            await dispatcher.stop()
+            await session.close()
+            if own_store:
+                await active_store.close()
+            log.info("score webhooks stopped", extra={"event": "service_stopped"})
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

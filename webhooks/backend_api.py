@@ -1,0 +1,42 @@
+"""The scoring backend's readiness signal."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from store.records import RequestStatus
+from webhooks import bodies
+from webhooks.auth import require_backend
+from webhooks.schemas import ResultBody
+from webhooks.service import Result
+from webhooks.state import STATE
+from webhooks.timefmt import utc_now
+
+routes = web.RouteTableDef()
+
+
+@routes.put("/v1/backend/score-requests/{correlation_id}/result")
+async def put_result(request: web.Request) -> web.Response:
+    """Store a result; idempotent, and 409 for one that contradicts the stored one."""
+    state = request.app[STATE]
+    require_backend(request)
+    document = await bodies.read_json(request)
+    scores = state.config.scores
+    body = bodies.load(ResultBody(scores.min, scores.max), document)
+
+    result = Result(
+        outcome=RequestStatus(body["outcome"]),
+        score=body.get("score"),
+        valid_until=body.get("valid_until"),
+        reason=body.get("reason"),
+    )
+    record, changed = await state.service.record_result(
+        request.match_info["correlation_id"], result, utc_now()
+    )
+    return web.json_response(
+        {
+            "correlation_id": record.correlation_id,
+            "status": record.status.value,
+            "changed": changed,
+        }
+    )

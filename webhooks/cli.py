@@ -1,0 +1,117 @@
+"""The ``webhooks`` command: run the service and manage clients."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from store import StoreError, open_store
+from webhooks.clients import create_client
+from webhooks.config import Config, ConfigError, embedded_config, load_config
+from webhooks.credentials import SecretBox
+
+log = logging.getLogger("webhooks.cli")
+
+_CONFIG_HELP = (
+    "TOML configuration file (see config.example.toml); without it the "
+    "embedded default runs: SQLite under ./var/, 127.0.0.1:8080, plain http "
+    "and loopback callbacks allowed, tokens generated in ./var/secrets.toml"
+)
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path) if path else embedded_config()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from webhooks.app import create_app
+
+    config = _load(args.config)
+    web.run_app(
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=config.delivery.shutdown_grace_s,
+    )
+    return 0
+
+
+async def _create_client(config: Config, name: str) -> dict[str, str]:
+    store = await open_store(config.store.url, synchronous=config.store.synchronous)
+    try:
+        created = await create_client(store, SecretBox(config.master_key), name)
+    finally:
+        await store.close()
+    return {
+        "client_id": created.record.id,
+        "name": created.record.name,
+        "api_key": created.api_key,
+        "signing_secret": created.signing_secret,
+    }
+
+
+def _clients_create(args: argparse.Namespace) -> int:
+    if not args.name.strip() or len(args.name) > 200:
+        raise ConfigError("NAME must be 1 to 200 characters")
+    config = _load(args.config)
+    print(json.dumps(asyncio.run(_create_client(config, args.name))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webhooks",
+        description="Asynchronous credit-score requests answered with signed webhooks.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="lowest level of log lines written to standard error (default: INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP API and the dispatcher")
+    serve.add_argument("--config", metavar="PATH", help=_CONFIG_HELP)
+    serve.set_defaults(handler=_serve)
+
+    clients = commands.add_parser("clients", help="manage client systems")
+    client_commands = clients.add_subparsers(dest="clients_command", required=True)
+    create = client_commands.add_parser(
+        "create",
+        help="create a client and print its credentials as JSON",
+        description=(
+            "Create a client system and print one JSON object with client_id, "
+            "api_key and signing_secret on standard output. They are shown only "
+            "once: the store keeps a hash of the API key and the secret encrypted."
+        ),
+    )
+    create.add_argument("name", metavar="NAME", help="a readable name for the client")
+    create.add_argument("--config", metavar="PATH", help=_CONFIG_HELP)
+    create.set_defaults(handler=_clients_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"webhooks: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"webhooks: store failed: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,322 @@
+"""The durable dispatcher: claims due deliveries with a lease and attempts them.
+
+The store is the queue. A claim leases deliveries to this process; the
+outcome of each attempt is written together with the release of its lease,
+in batches. A process that dies leaves leases that expire, after which the
+deliveries are due again, so delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import aiohttp
+
+from store import Store
+from store.records import AttemptOutcome, AttemptRecord, DeliveryRecord, DeliveryStatus
+from webhooks import attempts, ids
+from webhooks.attempts import HttpResult
+from webhooks.circuit import CircuitBreakers, CircuitState
+from webhooks.config import DeliveryConfig
+from webhooks.retry import next_delay_s, parse_retry_after
+from webhooks.signing import Signer, webhook_headers
+from webhooks.timefmt import format_time, utc_now
+
+log = logging.getLogger("webhooks.dispatcher")
+
+# Outcomes written in one transaction at most.
+_MAX_OUTCOMES_PER_COMMIT = 256
+# Extra lease time beyond the attempt timeout, for writing the outcome.
+_LEASE_MARGIN_S = 30.0
+
+SignerSource = Callable[[DeliveryRecord], Awaitable[list[Signer]]]
+
+
+def decide(
+    delivery: DeliveryRecord, result: HttpResult, config: DeliveryConfig, now: datetime
+) -> tuple[DeliveryStatus, datetime | None, str | None]:
+    """Return the delivery's next status, next due time and the attempt's error."""
+    status_code = result.status_code
+    error = result.error
+    if status_code is not None and 200 <= status_code < 300:
+        return DeliveryStatus.DELIVERED, None, None
+    if status_code == 410:
+        return DeliveryStatus.FAILED, None, "410 Gone: the receiver asked for no more attempts"
+    if status_code is not None and 300 <= status_code < 400:
+        target = result.location or "no Location header"
+        error = f"redirect {status_code} to {target} not followed"
+
+    delay_s = next_delay_s(
+        delivery.attempts_in_round + 1, config.retry_schedule_s, config.jitter
+    )
+    if delay_s is None:
+        return DeliveryStatus.FAILED, None, error
+    if status_code in (429, 503):
+        asked_s = parse_retry_after(result.retry_after, now)
+        if asked_s is not None:
+            delay_s = max(delay_s, min(asked_s, config.retry_after_max_s))
+    return DeliveryStatus.PENDING, now + timedelta(seconds=delay_s), error
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        config: DeliveryConfig,
+        signers_for: SignerSource,
+    ) -> None:
+        self._store = store
+        self._session = session
+        self._config = config
+        self._signers_for = signers_for
+        self.owner = ids.new_id("node")
+        self._circuits = CircuitBreakers(
+            config.circuit_failure_threshold, config.circuit_cooldown_s
+        )
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight_by_host: Counter[str] = Counter()
+        self._outcomes: asyncio.Queue[AttemptOutcome] = asyncio.Queue()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._recorder_task: asyncio.Task[None] | None = None
+        store.add_new_work_listener(self.wake)
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._recorder_task = asyncio.create_task(self._record_outcomes())
+        self._loop_task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop claiming, let attempts in flight finish within the grace period,
+        record their outcomes and release the leases of anything left."""
+        self._stopping = True
+        self.wake()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(
+                self._tasks, timeout=self._config.shutdown_grace_s
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._recorder_task is not None:
+            await self._outcomes.join()
+            self._recorder_task.cancel()
+            await asyncio.gather(self._recorder_task, return_exceptions=True)
+        released = await self._store.release_leases(self.owner)
+        log.info(
+            "dispatcher stopped; released %d leases",
+            released,
+            extra={"event": "dispatcher_stopped", "leases_released": released},
+        )
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                claimed = await self._claim_and_start()
+                sleep_s = 0.0 if claimed else await self._idle_time_s()
+            except Exception:
+                log.exception("claiming deliveries failed", extra={"event": "claim_failed"})
+                sleep_s = self._config.poll_interval_s
+            if sleep_s > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), sleep_s)
+                except TimeoutError:
+                    pass
+
+    async def _idle_time_s(self) -> float:
+        due = await self._store.next_due_at()
+        poll_s = self._config.poll_interval_s
+        if due is None:
+            return poll_s
+        until_due_s = (due - utc_now()).total_seconds()
+        # A due time in the past belongs to a delivery that is leased or held
+        # back; new capacity or new work sets the wake event.
+        return poll_s if until_due_s <= 0 else min(poll_s, until_due_s)
+
+    def _host_limits(self, now_monotonic: float) -> dict[str, int]:
+        limits = {
+            host: self._config.max_in_flight_per_host - count
+            for host, count in self._in_flight_by_host.items()
+        }
+        for host, cap in self._circuits.host_limits(now_monotonic).items():
+            limits[host] = min(limits.get(host, cap), cap)
+        return limits
+
+    async def _claim_and_start(self) -> int:
+        free = self._config.max_in_flight - len(self._tasks)
+        if free <= 0:
+            return 0
+        now = utc_now()
+        lease_s = self._config.attempt_timeout_s + _LEASE_MARGIN_S
+        claimed = await self._store.claim_due_deliveries(
+            owner=self.owner,
+            now=now,
+            lease_until=now + timedelta(seconds=lease_s),
+            limit=free,
+            per_host_limit=self._config.max_in_flight_per_host,
+            host_limits=self._host_limits(time.monotonic()),
+        )
+        for delivery in claimed:
+            self._in_flight_by_host[delivery.host] += 1
+            task = asyncio.create_task(self._attempt(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._attempt_done)
+        return len(claimed)
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.wake()
+
+    async def _attempt(self, delivery: DeliveryRecord) -> None:
+        try:
+            await self._attempt_once(delivery)
+        except Exception:
+            log.exception(
+                "attempt of delivery %s failed unexpectedly; its lease will expire",
+                delivery.id,
+                extra={"event": "attempt_crashed", "delivery_id": delivery.id},
+            )
+        finally:
+            self._in_flight_by_host[delivery.host] -= 1
+            if self._in_flight_by_host[delivery.host] <= 0:
+                del self._in_flight_by_host[delivery.host]
+
+    async def _attempt_once(self, delivery: DeliveryRecord) -> None:
+        now_monotonic = time.monotonic()
+        state = self._circuits.state(delivery.host, now_monotonic)
+        if state in (CircuitState.OPEN, CircuitState.PROBING):
+            await self._hold_back(delivery)
+            return
+        self._circuits.start_attempt(delivery.host, now_monotonic)
+
+        signers = await self._signers_for(delivery)
+        started_at = utc_now()
+        headers = webhook_headers(
+            delivery.message_id, int(started_at.timestamp()), delivery.payload, signers
+        )
+        result = await attempts.post(
+            self._session,
+            delivery.url,
+            delivery.payload,
+            headers,
+            connect_timeout_s=self._config.connect_timeout_s,
+            total_timeout_s=self._config.attempt_timeout_s,
+        )
+        finished_at = utc_now()
+        status, next_attempt_at, error = decide(delivery, result, self._config, finished_at)
+
+        if status is DeliveryStatus.DELIVERED:
+            self._circuits.record_success(delivery.host)
+        else:
+            self._circuits.record_failure(delivery.host, time.monotonic())
+        self._log_attempt(delivery, result, status, next_attempt_at, error)
+        await self._outcomes.put(
+            AttemptOutcome(
+                attempt=AttemptRecord(
+                    delivery_id=delivery.id,
+                    number=delivery.attempt_count + 1,
+                    started_at=started_at,
+                    duration_ms=result.duration_ms,
+                    status_code=result.status_code,
+                    error=error,
+                    response_excerpt=result.response_excerpt,
+                ),
+                status=status,
+                next_attempt_at=next_attempt_at,
+            )
+        )
+
+    async def _hold_back(self, delivery: DeliveryRecord) -> None:
+        """Reschedule a delivery for after the cool-down, without an attempt."""
+        reopens_at = self._circuits.reopens_at(delivery.host) or time.monotonic()
+        delay_s = max(0.0, reopens_at - time.monotonic()) + random.uniform(0, 1)
+        await self._store.postpone_delivery(
+            delivery.id,
+            self.owner,
+            utc_now() + timedelta(seconds=delay_s),
+            reason=f"circuit open for {delivery.host}",
+        )
+
+    def _log_attempt(
+        self,
+        delivery: DeliveryRecord,
+        result: HttpResult,
+        status: DeliveryStatus,
+        next_attempt_at: datetime | None,
+        error: str | None,
+    ) -> None:
+        fields = {
+            "delivery_id": delivery.id,
+            "correlation_id": delivery.correlation_id,
+            "host": delivery.host,
+            "status_code": result.status_code,
+            "error": error,
+            "duration_ms": round(result.duration_ms, 1),
+        }
+        outcome = error or f"HTTP {result.status_code}"
+        if status is DeliveryStatus.DELIVERED:
+            log.debug(
+                "delivered %s to %s (%s)",
+                delivery.id,
+                delivery.host,
+                outcome,
+                extra={"event": "attempt_succeeded", **fields},
+            )
+        elif status is DeliveryStatus.PENDING:
+            assert next_attempt_at is not None
+            log.info(
+                "attempt of %s to %s failed (%s); next attempt at %s",
+                delivery.id,
+                delivery.host,
+                outcome,
+                format_time(next_attempt_at),
+                extra={
+                    "event": "attempt_failed",
+                    "next_attempt_at": format_time(next_attempt_at),
+                    **fields,
+                },
+            )
+        else:
+            log.error(
+                "delivery %s to %s failed for good (%s); it waits for a replay",
+                delivery.id,
+                delivery.host,
+                outcome,
+                extra={"event": "delivery_failed", **fields},
+            )
+
+    async def _record_outcomes(self) -> None:
+        """Write outcomes as they come, many per transaction under load."""
+        while True:
+            batch = [await self._outcomes.get()]
+            while len(batch) < _MAX_OUTCOMES_PER_COMMIT and not self._outcomes.empty():
+                batch.append(self._outcomes.get_nowait())
+            try:
+                await self._store.record_outcomes(self.owner, batch)
+            except Exception:
+                log.exception(
+                    "recording %d attempt outcomes failed; their deliveries come "
+                    "due again when the leases expire",
+                    len(batch),
+                    extra={"event": "record_failed"},
+                )
+            finally:
+                for _ in batch:
+                    self._outcomes.task_done()

@@ -1,0 +1,29 @@
+"""What the request handlers share, stored on the aiohttp application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from store import Store
+from webhooks.config import Config
+from webhooks.credentials import SecretBox
+from webhooks.dispatcher import Dispatcher
+from webhooks.netpolicy import NetworkPolicy
+from webhooks.service import ScoreService
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppState:
+    config: Config
+    store: Store
+    service: ScoreService
+    box: SecretBox
+    policy: NetworkPolicy
+    dispatcher: Dispatcher
+    backend_token_hash: str
+    admin_token_hash: str
+
+
+STATE = web.AppKey("state", AppState)
