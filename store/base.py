@@ -47,9 +47,14 @@ class Transaction(Protocol):
 
     async def get_idempotency_key(
         self, client_id: str, key: str, not_before: datetime
-    ) -> IdempotencyRecord | None: ...
+    ) -> IdempotencyRecord | None:
+        """Return the key if it was stored at or after ``not_before``.
 
-    async def insert_idempotency_key(self, record: IdempotencyRecord) -> None: ...
+        An older record of the key is deleted, so the name can be used again.
+        """
+
+    async def insert_idempotency_key(self, record: IdempotencyRecord) -> None:
+        """Insert; raise UniqueViolation if a concurrent transaction stored the key."""
 
     async def find_valid_score(
         self, client_id: str, customer_id: str, now: datetime

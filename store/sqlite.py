@@ -20,6 +20,7 @@ from typing import Any
 
 import aiosqlite
 
+from store import rows
 from store.base import MigrationError, UniqueViolation
 from store.records import (
     AttemptOutcome,
@@ -48,14 +49,6 @@ def _to_db(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
 
 
-def _from_db(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
-
-
-def _required(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
 def path_from_url(url: str) -> Path:
     """Return the file of ``sqlite:///relative/path`` or ``sqlite:////absolute/path``."""
     prefix = "sqlite:///"
@@ -72,93 +65,6 @@ def _migrations() -> list[tuple[int, str, str]]:
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text()))
     return sorted(found)
-
-
-def _client(row: sqlite3.Row) -> ClientRecord:
-    return ClientRecord(
-        id=row["id"],
-        name=row["name"],
-        api_key_hash=row["api_key_hash"],
-        signing_secrets=bytes(row["signing_secrets"]),
-        created_at=_required(row["created_at"]),
-    )
-
-
-def _computation(row: sqlite3.Row) -> ComputationRecord:
-    return ComputationRecord(
-        id=row["id"],
-        client_id=row["client_id"],
-        customer_id=row["customer_id"],
-        status=RequestStatus(row["status"]),
-        created_at=_required(row["created_at"]),
-        completed_at=_from_db(row["completed_at"]),
-        result_fingerprint=row["result_fingerprint"],
-        failure_reason=row["failure_reason"],
-    )
-
-
-def _score(row: sqlite3.Row, prefix: str = "") -> ScoreRecord:
-    return ScoreRecord(
-        id=row[f"{prefix}id"],
-        client_id=row[f"{prefix}client_id"],
-        customer_id=row[f"{prefix}customer_id"],
-        computation_id=row[f"{prefix}computation_id"],
-        value=row[f"{prefix}value"],
-        computed_at=_required(row[f"{prefix}computed_at"]),
-        valid_until=_required(row[f"{prefix}valid_until"]),
-    )
-
-
-def _score_request(row: sqlite3.Row) -> ScoreRequestRecord:
-    score = _score(row, "score_") if row["score_id"] is not None else None
-    return ScoreRequestRecord(
-        correlation_id=row["correlation_id"],
-        client_id=row["client_id"],
-        customer_id=row["customer_id"],
-        callback_url=row["callback_url"],
-        metadata=row["metadata"],
-        status=RequestStatus(row["status"]),
-        created_at=_required(row["created_at"]),
-        completed_at=_from_db(row["completed_at"]),
-        computation_id=row["computation_id"],
-        score=score,
-        failure_reason=row["failure_reason"],
-    )
-
-
-def _delivery(row: sqlite3.Row) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row["id"],
-        message_id=row["message_id"],
-        client_id=row["client_id"],
-        correlation_id=row["correlation_id"],
-        event_type=row["event_type"],
-        url=row["url"],
-        host=row["host"],
-        payload=bytes(row["payload"]),
-        status=DeliveryStatus(row["status"]),
-        attempt_count=row["attempt_count"],
-        attempts_in_round=row["attempts_in_round"],
-        next_attempt_at=_required(row["next_attempt_at"]),
-        lease_owner=row["lease_owner"],
-        lease_expires_at=_from_db(row["lease_expires_at"]),
-        last_error=row["last_error"],
-        last_status_code=row["last_status_code"],
-        created_at=_required(row["created_at"]),
-        updated_at=_required(row["updated_at"]),
-    )
-
-
-def _attempt(row: sqlite3.Row) -> AttemptRecord:
-    return AttemptRecord(
-        delivery_id=row["delivery_id"],
-        number=row["number"],
-        started_at=_required(row["started_at"]),
-        duration_ms=row["duration_ms"],
-        status_code=row["status_code"],
-        error=row["error"],
-        response_excerpt=row["response_excerpt"],
-    )
 
 
 _SCORE_REQUEST_SELECT = """
@@ -192,7 +98,7 @@ class _Reads:
             sql += " AND r.client_id = ?"
             params.append(client_id)
         row = await self._one(sql, params)
-        return None if row is None else _score_request(row)
+        return None if row is None else rows.score_request(row)
 
     async def find_valid_score(
         self, client_id: str, customer_id: str, now: datetime
@@ -203,7 +109,7 @@ class _Reads:
                ORDER BY computed_at DESC LIMIT 1""",
             (client_id, customer_id, _to_db(now)),
         )
-        return None if row is None else _score(row)
+        return None if row is None else rows.score(row)
 
 
 class _SqliteTransaction(_Reads):
@@ -214,10 +120,15 @@ class _SqliteTransaction(_Reads):
     async def get_idempotency_key(
         self, client_id: str, key: str, not_before: datetime
     ) -> IdempotencyRecord | None:
-        row = await self._one(
-            """SELECT * FROM idempotency_keys
-               WHERE client_id = ? AND key = ? AND created_at >= ?""",
+        # An expired key gives way, so the client may use its name again.
+        await self._db.execute(
+            """DELETE FROM idempotency_keys
+               WHERE client_id = ? AND key = ? AND created_at < ?""",
             (client_id, key, _to_db(not_before)),
+        )
+        row = await self._one(
+            "SELECT * FROM idempotency_keys WHERE client_id = ? AND key = ?",
+            (client_id, key),
         )
         if row is None:
             return None
@@ -227,13 +138,12 @@ class _SqliteTransaction(_Reads):
             request_fingerprint=row["request_fingerprint"],
             correlation_id=row["correlation_id"],
             status_code=row["status_code"],
-            created_at=_required(row["created_at"]),
+            created_at=rows.time(row["created_at"]),
         )
 
     async def insert_idempotency_key(self, record: IdempotencyRecord) -> None:
-        # An expired key with the same name gives way to the new one.
         await self._db.execute(
-            """INSERT OR REPLACE INTO idempotency_keys
+            """INSERT INTO idempotency_keys
                (client_id, key, request_fingerprint, correlation_id, status_code,
                 created_at)
                VALUES (?, ?, ?, ?, ?, ?)""",
@@ -255,7 +165,7 @@ class _SqliteTransaction(_Reads):
                WHERE client_id = ? AND customer_id = ? AND status = 'pending'""",
             (client_id, customer_id),
         )
-        return None if row is None else _computation(row)
+        return None if row is None else rows.computation(row)
 
     async def insert_computation(self, computation: ComputationRecord) -> None:
         try:
@@ -276,7 +186,7 @@ class _SqliteTransaction(_Reads):
 
     async def get_computation(self, computation_id: str) -> ComputationRecord | None:
         row = await self._one("SELECT * FROM computations WHERE id = ?", (computation_id,))
-        return None if row is None else _computation(row)
+        return None if row is None else rows.computation(row)
 
     async def complete_computation(self, computation: ComputationRecord) -> None:
         await self._db.execute(
@@ -340,7 +250,7 @@ class _SqliteTransaction(_Reads):
         score_id: str | None,
         failure_reason: str | None,
     ) -> list[ScoreRequestRecord]:
-        rows = await self._all(
+        found = await self._all(
             """UPDATE score_requests
                SET status = ?, completed_at = ?, score_id = ?, failure_reason = ?
                WHERE computation_id = ? AND status = 'pending'
@@ -348,7 +258,7 @@ class _SqliteTransaction(_Reads):
             (status.value, _to_db(completed_at), score_id, failure_reason, computation_id),
         )
         completed = []
-        for row in rows:
+        for row in found:
             request = await self.get_score_request(row["correlation_id"])
             assert request is not None
             completed.append(request)
@@ -492,23 +402,23 @@ class SqliteStore(_Reads):
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
         row = await self._one("SELECT * FROM clients WHERE id = ?", (client_id,))
-        return None if row is None else _client(row)
+        return None if row is None else rows.client(row)
 
     async def find_client_by_key_hash(self, api_key_hash: str) -> ClientRecord | None:
         row = await self._one(
             "SELECT * FROM clients WHERE api_key_hash = ?", (api_key_hash,)
         )
-        return None if row is None else _client(row)
+        return None if row is None else rows.client(row)
 
     async def get_signing_secrets(self, client_ids: Sequence[str]) -> dict[str, bytes]:
         if not client_ids:
             return {}
         marks = ",".join("?" * len(client_ids))
-        rows = await self._all(
+        found = await self._all(
             f"SELECT id, signing_secrets FROM clients WHERE id IN ({marks})",
             list(client_ids),
         )
-        return {row["id"]: bytes(row["signing_secrets"]) for row in rows}
+        return {row["id"]: bytes(row["signing_secrets"]) for row in found}
 
     async def update_signing_secrets(self, client_id: str, signing_secrets: bytes) -> None:
         await self._write(
@@ -556,18 +466,18 @@ class SqliteStore(_Reads):
                     ORDER BY next_attempt_at LIMIT ?""",
                 (_to_db(now), _to_db(now), *excluded, limit * _CLAIM_LOOKAHEAD),
             )
-            chosen = _choose_per_host(candidates, limit, per_host_limit, host_limits)
+            chosen = rows.choose_per_host(candidates, limit, per_host_limit, host_limits)
             if not chosen:
                 return []
             marks = ",".join("?" * len(chosen))
-            rows = await transaction._all(
+            found = await transaction._all(
                 f"""UPDATE deliveries
                     SET lease_owner = ?, lease_expires_at = ?
                     WHERE id IN ({marks})
                     RETURNING *""",
                 (owner, _to_db(lease_until), *chosen),
             )
-        deliveries = [_delivery(row) for row in rows]
+        deliveries = [rows.delivery(row) for row in found]
         return sorted(deliveries, key=lambda delivery: delivery.next_attempt_at)
 
     async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
@@ -644,7 +554,7 @@ class SqliteStore(_Reads):
         row = await self._one(
             "SELECT MIN(next_attempt_at) AS due FROM deliveries WHERE status = 'pending'"
         )
-        return _from_db(row["due"])
+        return rows.time(row["due"])
 
     # Operators
 
@@ -676,35 +586,35 @@ class SqliteStore(_Reads):
             conditions.append("(created_at, id) < (?, ?)")
             params.extend([created_at, delivery_id])
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = await self._all(
+        found = await self._all(
             f"""SELECT * FROM deliveries {where}
                 ORDER BY created_at DESC, id DESC LIMIT ?""",
             [*params, limit + 1],
         )
-        deliveries = [_delivery(row) for row in rows[:limit]]
+        deliveries = [rows.delivery(row) for row in found[:limit]]
         next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
+        if len(found) > limit:
+            last = found[limit - 1]
             next_cursor = _encode_cursor(last["created_at"], last["id"])
         return DeliveryPage(deliveries=deliveries, next_cursor=next_cursor)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         row = await self._one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,))
-        return None if row is None else _delivery(row)
+        return None if row is None else rows.delivery(row)
 
     async def list_attempts(self, delivery_id: str) -> list[AttemptRecord]:
-        rows = await self._all(
+        found = await self._all(
             "SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number",
             (delivery_id,),
         )
-        return [_attempt(row) for row in rows]
+        return [rows.attempt(row) for row in found]
 
     async def replay_deliveries(self, delivery_ids: Sequence[str], now: datetime) -> list[str]:
         if not delivery_ids:
             return []
         marks = ",".join("?" * len(delivery_ids))
         async with self.transaction() as transaction:
-            rows = await transaction._all(
+            found = await transaction._all(
                 f"""UPDATE deliveries
                     SET status = 'pending', attempts_in_round = 0,
                         next_attempt_at = ?, updated_at = ?,
@@ -713,29 +623,9 @@ class SqliteStore(_Reads):
                     RETURNING id""",
                 (_to_db(now), _to_db(now), *delivery_ids),
             )
-            if rows:
+            if found:
                 transaction.new_work = True
-        return [row["id"] for row in rows]
-
-
-def _choose_per_host(
-    candidates: Sequence[sqlite3.Row],
-    limit: int,
-    per_host_limit: int,
-    host_limits: Mapping[str, int],
-) -> list[str]:
-    remaining: dict[str, int] = {}
-    chosen = []
-    for row in candidates:
-        host = row["host"]
-        left = remaining.get(host, host_limits.get(host, per_host_limit))
-        if left <= 0:
-            continue
-        remaining[host] = left - 1
-        chosen.append(row["id"])
-        if len(chosen) == limit:
-            break
-    return chosen
+        return [row["id"] for row in found]
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
