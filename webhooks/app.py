@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 import webhooks
 from store import Store, open_store
@@ -19,6 +20,7 @@ from webhooks.dispatcher import Dispatcher
 from webhooks.keyring import Keyring
 from webhooks.netpolicy import NetworkPolicy
 from webhooks.problems import problem_middleware
+from webhooks.resolver import policy_connector
 from webhooks.service import ScoreService
 from webhooks.state import STATE, AppState
 
@@ -76,11 +78,15 @@ def create_app(
     *,
     store: Store | None = None,
     connector: aiohttp.BaseConnector | None = None,
+    resolver: AbstractResolver | None = None,
 ) -> web.Application:
     """Build the application; the store, client session and dispatcher start with it.
 
     ``store`` and ``connector`` let tests supply their own; a given store is
-    not closed when the application stops.
+    not closed when the application stops. ``resolver`` answers the DNS
+    lookups of callback hosts, at submission and on connect (default:
+    aiohttp's DefaultResolver). A given ``connector`` replaces the one that
+    applies the network policy on connect.
     """
     app = web.Application(
         middlewares=[problem_middleware], client_max_size=config.server.max_body_bytes
@@ -94,21 +100,40 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None
         active_store = store or await open_store(
-            config.store.url, synchronous=config.store.synchronous
+            config.store.url,
+            synchronous=config.store.synchronous,
+            pool_size=config.store.pool_size,
         )
         _log_start(config, active_store)
         box = SecretBox(config.master_key)
         delivery = config.delivery
+        policy = NetworkPolicy(
+            allow_http=delivery.allow_http,
+            allow_private_networks=delivery.allow_private_networks,
+        )
+        dns = resolver or aiohttp.DefaultResolver()
+        limits = {
+            "limit": delivery.max_in_flight,
+            "limit_per_host": delivery.max_in_flight_per_host,
+        }
+        user_agent = {"User-Agent": f"score-webhooks/{webhooks.__version__}"}
         session = aiohttp.ClientSession(
-            connector=connector
-            or aiohttp.TCPConnector(
-                limit=delivery.max_in_flight,
-                limit_per_host=delivery.max_in_flight_per_host,
-            ),
-            headers={"User-Agent": f"score-webhooks/{webhooks.__version__}"},
+            connector=connector or policy_connector(policy, dns, **limits),
+            headers=user_agent,
+        )
+        # The backend URL is operator configuration, so its events bypass the
+        # network policy through a connector of their own.
+        backend_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(**limits), headers=user_agent
         )
         keyring = Keyring(active_store, box, config.backend.signing_secret)
-        dispatcher = Dispatcher(active_store, session, delivery, keyring.signers_for)
+        dispatcher = Dispatcher(
+            active_store,
+            session,
+            delivery,
+            keyring.signers_for,
+            backend_session=backend_session,
+        )
         app[STATE] = AppState(
             config=config,
             store=active_store,
@@ -120,10 +145,8 @@ def create_app(
                 idempotency_window=timedelta(seconds=config.scores.idempotency_window_s),
             ),
             box=box,
-            policy=NetworkPolicy(
-                allow_http=delivery.allow_http,
-                allow_private_networks=delivery.allow_private_networks,
-            ),
+            policy=policy,
+            resolver=dns,
             dispatcher=dispatcher,
             backend_token_hash=credentials.hash_token(config.backend.token),
             admin_token_hash=credentials.hash_token(config.admin.token),
@@ -144,6 +167,9 @@ def create_app(
         finally:
             await dispatcher.stop()
             await session.close()
+            await backend_session.close()
+            if resolver is None:
+                await dns.close()
             if own_store:
                 await active_store.close()
             log.info("score webhooks stopped", extra={"event": "service_stopped"})

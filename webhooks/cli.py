@@ -45,7 +45,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _create_client(config: Config, name: str) -> dict[str, str]:
-    store = await open_store(config.store.url, synchronous=config.store.synchronous)
+    store = await open_store(
+        config.store.url,
+        synchronous=config.store.synchronous,
+        pool_size=config.store.pool_size,
+    )
     try:
         created = await create_client(store, SecretBox(config.master_key), name)
     finally:

@@ -54,6 +54,7 @@ class ServerConfig:
 class StoreConfig:
     url: str = "sqlite:///var/webhooks.sqlite3"
     synchronous: str = "full"  # SQLite: "full" survives power loss, "normal" only a crash
+    pool_size: int = 10  # PostgreSQL: connections per process
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +87,9 @@ class DeliveryConfig:
     circuit_failure_threshold: int = 10
     circuit_cooldown_s: float = 60.0
     shutdown_grace_s: float = 10.0
+    # A lease lasts the attempt timeout plus this margin for recording the
+    # outcome; after a crash, other processes wait this long at most.
+    lease_margin_s: float = 30.0
     poll_interval_s: float = 1.0  # finds due retries and work written by other processes
     allow_http: bool = False
     allow_private_networks: bool = False
@@ -138,6 +142,7 @@ class _ServerSchema(_Section):
 class _StoreSchema(_Section):
     url = fields.String(validate=validate.Regexp(r"^(sqlite|postgresql)://"))
     synchronous = fields.String(validate=validate.OneOf(["full", "normal"]))
+    pool_size = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000))
 
 
 class _BackendSchema(_Section):
@@ -181,6 +186,7 @@ class _DeliverySchema(_Section):
     circuit_failure_threshold = fields.Integer(strict=True, validate=validate.Range(min=1))
     circuit_cooldown = fields.Float(validate=validate.Range(min=0))
     shutdown_grace = fields.Float(validate=validate.Range(min=0))
+    lease_margin = fields.Float(validate=_POSITIVE)
     poll_interval = fields.Float(validate=_POSITIVE)
     allow_http = fields.Boolean(truthy={True}, falsy={False})
     allow_private_networks = fields.Boolean(truthy={True}, falsy={False})
@@ -219,6 +225,7 @@ _FIELD_NAMES = {
         "retry_after_max",
         "circuit_cooldown",
         "shutdown_grace",
+        "lease_margin",
         "poll_interval",
         "default_validity",
         "poll_hint",

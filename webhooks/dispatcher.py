@@ -32,8 +32,6 @@ log = logging.getLogger("webhooks.dispatcher")
 
 # Outcomes written in one transaction at most.
 _MAX_OUTCOMES_PER_COMMIT = 256
-# Extra lease time beyond the attempt timeout, for writing the outcome.
-_LEASE_MARGIN_S = 30.0
 
 SignerSource = Callable[[DeliveryRecord], Awaitable[list[Signer]]]
 
@@ -71,9 +69,15 @@ class Dispatcher:
         session: aiohttp.ClientSession,
         config: DeliveryConfig,
         signers_for: SignerSource,
+        *,
+        backend_session: aiohttp.ClientSession | None = None,
     ) -> None:
+        """``session`` sends webhooks to clients; ``backend_session``, if
+        given, sends the events to the backend URL, which is operator
+        configuration and so bypasses the clients' network policy."""
         self._store = store
         self._session = session
+        self._backend_session = backend_session or session
         self._config = config
         self._signers_for = signers_for
         self.owner = ids.new_id("node")
@@ -164,7 +168,7 @@ class Dispatcher:
         if free <= 0:
             return 0
         now = utc_now()
-        lease_s = self._config.attempt_timeout_s + _LEASE_MARGIN_S
+        lease_s = self._config.attempt_timeout_s + self._config.lease_margin_s
         claimed = await self._store.claim_due_deliveries(
             owner=self.owner,
             now=now,
@@ -211,8 +215,9 @@ class Dispatcher:
         headers = webhook_headers(
             delivery.message_id, int(started_at.timestamp()), delivery.payload, signers
         )
+        session = self._backend_session if delivery.client_id is None else self._session
         result = await attempts.post(
-            self._session,
+            session,
             delivery.url,
             delivery.payload,
             headers,
