@@ -12,7 +12,12 @@ from webhooks import bodies, events
 from webhooks.auth import require_admin
 from webhooks.clients import create_client
 from webhooks.problems import Conflict, NotFound, ValidationFailed
-from webhooks.resources import attempt_resource, delivery_resource
+from webhooks.resource_schemas import CreatedClientResource
+from webhooks.resources import (
+    delivery_detail_resource,
+    delivery_page_resource,
+    delivery_resource,
+)
 from webhooks.schemas import ClientBody
 from webhooks.state import STATE
 from webhooks.timefmt import utc_now
@@ -52,15 +57,13 @@ async def post_client(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = bodies.load(ClientBody(), await bodies.read_json(request))
     created = await create_client(state.store, state.box, body["name"])
-    return web.json_response(
-        {
-            "client_id": created.record.id,
-            "name": created.record.name,
-            "api_key": created.api_key,
-            "signing_secret": created.signing_secret,
-        },
-        status=201,
-    )
+    resource = {
+        "client_id": created.record.id,
+        "name": created.record.name,
+        "api_key": created.api_key,
+        "signing_secret": created.signing_secret,
+    }
+    return web.json_response(CreatedClientResource().dump(resource), status=201)
 
 
 @routes.get("/v1/admin/deliveries")
@@ -83,12 +86,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
             "the cursor is not valid; pass next_cursor from the previous page",
             errors={"cursor": ["Not a valid cursor."]},
         ) from None
-    return web.json_response(
-        {
-            "deliveries": [delivery_resource(d) for d in page.deliveries],
-            "next_cursor": page.next_cursor,
-        }
-    )
+    return web.json_response(delivery_page_resource(page))
 
 
 @routes.get("/v1/admin/deliveries/{delivery_id}")
@@ -99,9 +97,8 @@ async def get_delivery(request: web.Request) -> web.Response:
     delivery = await store.get_delivery(delivery_id)
     if delivery is None:
         raise NotFound(f"no delivery {delivery_id!r}")
-    resource = delivery_resource(delivery)
-    resource["attempts"] = [attempt_resource(a) for a in await store.list_attempts(delivery_id)]
-    return web.json_response(resource)
+    attempts = await store.list_attempts(delivery_id)
+    return web.json_response(delivery_detail_resource(delivery, attempts))
 
 
 @routes.post("/v1/admin/deliveries/{delivery_id}/replay")

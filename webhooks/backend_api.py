@@ -7,6 +7,7 @@ from aiohttp import web
 from store.records import RequestStatus
 from webhooks import bodies
 from webhooks.auth import require_backend
+from webhooks.resource_schemas import ResultResource
 from webhooks.schemas import ResultBody
 from webhooks.service import Result
 from webhooks.state import STATE
@@ -33,10 +34,9 @@ async def put_result(request: web.Request) -> web.Response:
     record, changed = await state.service.record_result(
         request.match_info["correlation_id"], result, utc_now()
     )
-    return web.json_response(
-        {
-            "correlation_id": record.correlation_id,
-            "status": record.status.value,
-            "changed": changed,
-        }
-    )
+    resource = {
+        "correlation_id": record.correlation_id,
+        "status": record.status,
+        "changed": changed,
+    }
+    return web.json_response(ResultResource().dump(resource))

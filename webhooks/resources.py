@@ -5,36 +5,52 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from store.records import AttemptRecord, DeliveryRecord, ScoreRecord, ScoreRequestRecord
-from webhooks.timefmt import format_time
+from store.records import (
+    AttemptRecord,
+    DeliveryPage,
+    DeliveryRecord,
+    ScoreRecord,
+    ScoreRequestRecord,
+)
+from webhooks.resource_schemas import (
+    DeliveryDetailResource,
+    DeliveryPageResource,
+    DeliveryResource,
+    ScoreRequestResource,
+    ScoreResource,
+)
+
+# Dumping keeps only the fields these schemas declare, and the OpenAPI
+# document is generated from them.
+_SCORE = ScoreResource()
+_SCORE_REQUEST = ScoreRequestResource()
+_DELIVERY = DeliveryResource()
+_DELIVERY_DETAIL = DeliveryDetailResource()
+_DELIVERY_PAGE = DeliveryPageResource()
 
 
 def score_resource(score: ScoreRecord) -> dict[str, Any]:
-    return {
-        "value": score.value,
-        "computed_at": format_time(score.computed_at),
-        "valid_until": format_time(score.valid_until),
-    }
+    return _SCORE.dump(score)
 
 
 def request_resource(request: ScoreRequestRecord) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "correlation_id": request.correlation_id,
         "customer_id": request.customer_id,
-        "status": request.status.value,
-        "created_at": format_time(request.created_at),
-        "completed_at": format_time(request.completed_at) if request.completed_at else None,
+        "status": request.status,
+        "created_at": request.created_at,
+        "completed_at": request.completed_at,
         "callback_url": request.callback_url,
         "metadata": json.loads(request.metadata) if request.metadata else None,
     }
     if request.score is not None:
-        resource["score"] = score_resource(request.score)
+        resource["score"] = request.score
     if request.failure_reason is not None:
         resource["error"] = {"reason": request.failure_reason}
-    return resource
+    return _SCORE_REQUEST.dump(resource)
 
 
-def delivery_resource(delivery: DeliveryRecord) -> dict[str, Any]:
+def _delivery_fields(delivery: DeliveryRecord) -> dict[str, Any]:
     leased = delivery.lease_owner is not None
     return {
         "id": delivery.id,
@@ -43,25 +59,43 @@ def delivery_resource(delivery: DeliveryRecord) -> dict[str, Any]:
         "correlation_id": delivery.correlation_id,
         "event_type": delivery.event_type,
         "url": delivery.url,
-        "status": delivery.status.value,
+        "status": delivery.status,
         "in_flight": leased,
         "attempt_count": delivery.attempt_count,
         "next_attempt_at": (
-            format_time(delivery.next_attempt_at)
-            if delivery.status.value == "pending"
-            else None
+            delivery.next_attempt_at if delivery.status.value == "pending" else None
         ),
         "last_status_code": delivery.last_status_code,
         "last_error": delivery.last_error,
-        "created_at": format_time(delivery.created_at),
-        "updated_at": format_time(delivery.updated_at),
+        "created_at": delivery.created_at,
+        "updated_at": delivery.updated_at,
     }
 
 
-def attempt_resource(attempt: AttemptRecord) -> dict[str, Any]:
+def delivery_resource(delivery: DeliveryRecord) -> dict[str, Any]:
+    return _DELIVERY.dump(_delivery_fields(delivery))
+
+
+def delivery_page_resource(page: DeliveryPage) -> dict[str, Any]:
+    resource = {
+        "deliveries": [_delivery_fields(delivery) for delivery in page.deliveries],
+        "next_cursor": page.next_cursor,
+    }
+    return _DELIVERY_PAGE.dump(resource)
+
+
+def delivery_detail_resource(
+    delivery: DeliveryRecord, attempts: list[AttemptRecord]
+) -> dict[str, Any]:
+    resource = _delivery_fields(delivery)
+    resource["attempts"] = [_attempt_fields(attempt) for attempt in attempts]
+    return _DELIVERY_DETAIL.dump(resource)
+
+
+def _attempt_fields(attempt: AttemptRecord) -> dict[str, Any]:
     return {
         "number": attempt.number,
-        "started_at": format_time(attempt.started_at),
+        "started_at": attempt.started_at,
         "duration_ms": round(attempt.duration_ms, 1),
         "status_code": attempt.status_code,
         "error": attempt.error,
