@@ -25,6 +25,7 @@ from store.records import (
     IdempotencyRecord,
     NewDelivery,
     RequestStatus,
+    SchemaVersion,
     ScoreRecord,
     ScoreRequestRecord,
 )
@@ -148,7 +149,8 @@ class Store(Protocol):
 
         A host gets at most ``host_limits[host]`` of them, or
         ``per_host_limit`` if it is not in that mapping; a limit of 0 skips
-        the host. So one busy receiver cannot fill a batch.
+        the host. So one busy receiver cannot fill a batch. A delivery whose
+        previous lease had expired comes back with ``took_over_expired_lease``.
         """
 
     async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
@@ -171,6 +173,20 @@ class Store(Protocol):
 
     async def next_due_at(self) -> datetime | None:
         """Return the earliest due time of a pending delivery, leased or not."""
+
+    # Monitoring
+
+    async def count_deliveries_by_state(self, now: datetime) -> dict[str, int]:
+        """Count deliveries as ``pending`` (not leased at ``now``), ``in_flight``
+        (leased) and ``failed``, with one query.
+
+        Delivered and cancelled deliveries are left out because they only
+        grow. The query reads every pending and failed row, so call it at
+        most every few seconds.
+        """
+
+    async def schema_version(self) -> SchemaVersion:
+        """Read the newest migration applied to the database."""
 
     # Operators
 

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -32,6 +33,7 @@ from store.records import (
     IdempotencyRecord,
     NewDelivery,
     RequestStatus,
+    SchemaVersion,
     ScoreRecord,
     ScoreRequestRecord,
 )
@@ -459,7 +461,7 @@ class PostgresStore(_Reads):
         # now; the candidates this claim does not take are unlocked at commit.
         async with self._pool.acquire() as connection, connection.transaction():
             candidates = await connection.fetch(
-                """SELECT id, host FROM deliveries
+                """SELECT id, host, lease_expires_at FROM deliveries
                    WHERE status = 'pending' AND next_attempt_at <= $1
                      AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
                      AND NOT (host = ANY($2::text[]))
@@ -480,7 +482,13 @@ class PostgresStore(_Reads):
                 lease_until,
                 chosen,
             )
-        deliveries = [rows.delivery(row) for row in found]
+        # Every lease ends with its outcome or release, so one still set here
+        # had expired.
+        expired = {row["id"] for row in candidates if row["lease_expires_at"] is not None}
+        deliveries = [
+            replace(delivery, took_over_expired_lease=delivery.id in expired)
+            for delivery in map(rows.delivery, found)
+        ]
         return sorted(deliveries, key=lambda delivery: delivery.next_attempt_at)
 
     async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
@@ -563,6 +571,22 @@ class PostgresStore(_Reads):
         return await self._pool.fetchval(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
         )
+
+    # Monitoring
+
+    async def count_deliveries_by_state(self, now: datetime) -> dict[str, int]:
+        found = await self._pool.fetch(
+            """SELECT status, COALESCE(lease_expires_at > $1, false) AS leased,
+                      COUNT(*) AS count
+               FROM deliveries WHERE status IN ('pending', 'failed')
+               GROUP BY 1, 2""",
+            now,
+        )
+        return rows.delivery_counts(found)
+
+    async def schema_version(self) -> SchemaVersion:
+        applied = await self._pool.fetchval("SELECT MAX(version) FROM schema_migrations")
+        return SchemaVersion(applied=applied or 0, latest=_migrations()[-1][0])
 
     # Operators
 

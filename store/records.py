@@ -110,6 +110,9 @@ class DeliveryRecord:
     last_status_code: int | None
     created_at: datetime
     updated_at: datetime
+    # Set by claim_due_deliveries when the claim took over a lease that had
+    # expired, because the process holding it died or stalled.
+    took_over_expired_lease: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,3 +149,9 @@ class DeliveryFilter:
 class DeliveryPage:
     deliveries: list[DeliveryRecord]
     next_cursor: str | None  # opaque; None on the last page
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchemaVersion:
+    applied: int  # newest migration recorded in the database, 0 for none
+    latest: int  # newest migration this code ships

@@ -140,3 +140,16 @@ def choose_per_host(
         if len(chosen) == limit:
             break
     return chosen
+
+
+def delivery_counts(found: Sequence[Row]) -> dict[str, int]:
+    """Return the counts by state from rows of (status, leased, count)."""
+    counts = {"pending": 0, "in_flight": 0, "failed": 0}
+    for row in found:
+        if row["status"] == "failed":
+            counts["failed"] += row["count"]
+        elif row["leased"]:
+            counts["in_flight"] += row["count"]
+        else:
+            counts["pending"] += row["count"]
+    return counts

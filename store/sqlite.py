@@ -13,6 +13,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,7 @@ from store.records import (
     IdempotencyRecord,
     NewDelivery,
     RequestStatus,
+    SchemaVersion,
     ScoreRecord,
     ScoreRequestRecord,
 )
@@ -459,7 +461,7 @@ class SqliteStore(_Reads):
         exclusion = f"AND host NOT IN ({marks})" if excluded else ""
         async with self.transaction() as transaction:
             candidates = await transaction._all(
-                f"""SELECT id, host FROM deliveries
+                f"""SELECT id, host, lease_expires_at FROM deliveries
                     WHERE status = 'pending' AND next_attempt_at <= ?
                       AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
                       {exclusion}
@@ -477,7 +479,13 @@ class SqliteStore(_Reads):
                     RETURNING *""",
                 (owner, _to_db(lease_until), *chosen),
             )
-        deliveries = [rows.delivery(row) for row in found]
+        # Every lease ends with its outcome or release, so one still set here
+        # had expired.
+        expired = {row["id"] for row in candidates if row["lease_expires_at"] is not None}
+        deliveries = [
+            replace(delivery, took_over_expired_lease=delivery.id in expired)
+            for delivery in map(rows.delivery, found)
+        ]
         return sorted(deliveries, key=lambda delivery: delivery.next_attempt_at)
 
     async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
@@ -555,6 +563,22 @@ class SqliteStore(_Reads):
             "SELECT MIN(next_attempt_at) AS due FROM deliveries WHERE status = 'pending'"
         )
         return rows.time(row["due"])
+
+    # Monitoring
+
+    async def count_deliveries_by_state(self, now: datetime) -> dict[str, int]:
+        found = await self._all(
+            """SELECT status, COALESCE(lease_expires_at > ?, 0) AS leased,
+                      COUNT(*) AS count
+               FROM deliveries WHERE status IN ('pending', 'failed')
+               GROUP BY 1, 2""",
+            (_to_db(now),),
+        )
+        return rows.delivery_counts(found)
+
+    async def schema_version(self) -> SchemaVersion:
+        row = await self._one("SELECT MAX(version) AS version FROM schema_migrations")
+        return SchemaVersion(applied=row["version"] or 0, latest=_migrations()[-1][0])
 
     # Operators
 
