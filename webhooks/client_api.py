@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 
 from aiohttp import web
+from yarl import URL
 
 from webhooks import bodies
 from webhooks.auth import authenticate_client
+from webhooks.netpolicy import PolicyViolation
 from webhooks.problems import NotFound, ValidationFailed
+from webhooks.resolver import check_resolved_host
 from webhooks.resources import request_resource, score_resource
 from webhooks.schemas import CUSTOMER_ID_PATTERN, ScoreRequestBody
 from webhooks.service import Submission
-from webhooks.state import STATE
+from webhooks.state import STATE, AppState
 from webhooks.timefmt import utc_now
 
 routes = web.RouteTableDef()
@@ -32,6 +35,18 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+async def _check_callback_host(state: AppState, callback_url: str) -> None:
+    """Raise 422 unless the callback host resolves to public addresses only."""
+    url = URL(callback_url)
+    assert url.raw_host is not None and url.port is not None  # checked by the schema
+    try:
+        await check_resolved_host(state.policy, state.resolver, url.raw_host, url.port)
+    except PolicyViolation as exc:
+        raise ValidationFailed(
+            "invalid fields: callback_url", errors={"callback_url": [str(exc)]}
+        ) from None
+
+
 def _location(correlation_id: str) -> str:
     return f"/v1/score-requests/{correlation_id}"
 
@@ -43,6 +58,7 @@ async def submit_score_request(request: web.Request) -> web.Response:
     idempotency_key = _idempotency_key(request)
     document = await bodies.read_json(request)
     body = bodies.load(ScoreRequestBody(state.policy), document)
+    await _check_callback_host(state, body["callback_url"])
 
     result = await state.service.submit(
         Submission(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 from store import Store
 from webhooks.config import Config
@@ -21,6 +22,7 @@ class AppState:
     service: ScoreService
     box: SecretBox
     policy: NetworkPolicy
+    resolver: AbstractResolver  # looks up callback hosts at submission
     dispatcher: Dispatcher
     backend_token_hash: str
     admin_token_hash: str
