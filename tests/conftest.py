@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks import Webhook
 
+from store.sqlite import path_from_url
 from webhooks import credentials
 from webhooks.app import create_app
 from webhooks.clients import NewClient, create_client
@@ -67,6 +69,28 @@ def make_config(tmp_path: Path, **sections: Any) -> Config:
     for name, overrides in sections.items():
         config = replace(config, **{name: replace(getattr(config, name), **overrides)})
     return config
+
+
+def config_with_backend(tmp_path: Path, backend: Receiver, **sections: Any) -> Config:
+    """Return ``make_config(tmp_path, **sections)`` with the backend URL on ``backend``.
+
+    ``backend`` gets the backend signing secret, so it verifies every
+    score.requested event it receives.
+    """
+    config = make_config(tmp_path, **sections)
+    backend.secret = config.backend.signing_secret
+    backend_config = replace(config.backend, url=backend.url("/score-requests"))
+    return replace(config, backend=backend_config)
+
+
+def count_rows(config: Config, table: str) -> int:
+    """Count the rows of a table in the config's SQLite file, read-only."""
+    path = path_from_url(config.store.url)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        db.close()
 
 
 async def wait_for(
@@ -181,19 +205,65 @@ class Service:
             headers=self.backend_headers(),
         )
 
+    async def submit_pending(
+        self, client: NewClient, customer_id: str, callback_url: str
+    ) -> str:
+        """Submit a request that waits for a computation; return its correlation ID."""
+        response = await self.submit(
+            client, customer_id=customer_id, callback_url=callback_url
+        )
+        assert response.status == 202, await response.text()
+        return (await response.json())["correlation_id"]
+
+    async def get_request(self, client: NewClient, correlation_id: str) -> Any:
+        return await self.http.get(
+            f"/v1/score-requests/{correlation_id}", headers=self.client_headers(client)
+        )
+
+    async def get_customer_score(self, client: NewClient, customer_id: str) -> Any:
+        return await self.http.get(
+            f"/v1/customers/{customer_id}/score", headers=self.client_headers(client)
+        )
+
+    async def list_deliveries(self, **query: str) -> list[dict[str, Any]]:
+        """Return the deliveries the admin API lists for ``query``, newest first."""
+        response = await self.http.get(
+            "/v1/admin/deliveries", params=query, headers=self.admin_headers()
+        )
+        assert response.status == 200, await response.text()
+        return (await response.json())["deliveries"]
+
+    async def get_delivery(self, delivery_id: str) -> dict[str, Any]:
+        """Return one delivery with its attempts from the admin API."""
+        response = await self.http.get(
+            f"/v1/admin/deliveries/{delivery_id}", headers=self.admin_headers()
+        )
+        assert response.status == 200, await response.text()
+        return await response.json()
+
 
 @pytest.fixture
 async def make_service(
-    aiohttp_client: Any, tmp_path: Path
-) -> Callable[..., Awaitable[Service]]:
-    """Start the app on a config from ``make_config`` with the given overrides."""
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
+    """Start the app on a config from ``make_config`` with the given overrides.
+
+    The apps stop before ``aiohttp_server`` closes the receivers. Otherwise an
+    attempt in flight to a closing receiver hangs until the attempt timeout
+    and delays the teardown by the dispatcher's shutdown grace period.
+    """
+    services: list[Service] = []
 
     async def make(config: Config | None = None, **sections: Any) -> Service:
         config = config or make_config(tmp_path, **sections)
         http = await aiohttp_client(create_app(config))
-        return Service(http=http, config=config)
+        service = Service(http=http, config=config)
+        services.append(service)
+        return service
 
-    return make
+    yield make
+    for service in services:
+        await service.http.close()
 
 
 @pytest.fixture
@@ -206,7 +276,4 @@ async def backend(make_receiver: Callable[..., Awaitable[Receiver]]) -> Receiver
 async def service(
     make_service: Callable[..., Awaitable[Service]], backend: Receiver, tmp_path: Path
 ) -> Service:
-    config = make_config(tmp_path)
-    backend.secret = config.backend.signing_secret
-    config = replace(config, backend=replace(config.backend, url=backend.url("/score-requests")))
-    return await make_service(config)
+    return await make_service(config_with_backend(tmp_path, backend))

@@ -10,7 +10,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from webhooks.netpolicy import NetworkPolicy, PolicyViolation
 from webhooks.timefmt import utc_now
 
-CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+# The pattern ends in \Z because $ also matches before a trailing newline.
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}\Z"
 MAX_METADATA_BYTES = 4096
 MAX_REASON_LENGTH = 500
 
