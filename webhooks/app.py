@@ -18,6 +18,7 @@ from webhooks.config import Config
 from webhooks.credentials import SecretBox
 from webhooks.dispatcher import Dispatcher
 from webhooks.keyring import Keyring
+from webhooks.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from webhooks.netpolicy import NetworkPolicy
 from webhooks.problems import problem_middleware
 from webhooks.resolver import policy_connector
@@ -39,15 +40,34 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "starting"}, status=503)
     try:
         async with asyncio.timeout(_READY_TIMEOUT_S):
-            await state.store.next_due_at()
+            version = await state.store.schema_version()
     except Exception as exc:  # any failure of the store means not ready
         reason = "store timed out" if isinstance(exc, TimeoutError) else "store failed"
-        return web.json_response({"status": "unavailable", "reason": reason}, status=503)
-    if not state.dispatcher.running:
-        return web.json_response(
-            {"status": "unavailable", "reason": "dispatcher not running"}, status=503
+        log.warning(
+            "readiness check failed: %s (%s: %s)",
+            reason,
+            type(exc).__name__,
+            exc,
+            extra={"event": "readiness_failed", "reason": reason, "error": repr(exc)},
         )
-    return web.json_response({"status": "ok"})
+        return _unavailable(reason)
+    if version.applied < version.latest:
+        return _unavailable(
+            f"migrations pending: schema at {version.applied}, code needs {version.latest}"
+        )
+    if version.applied > version.latest:
+        return _unavailable(
+            f"schema at {version.applied} is newer than this code ({version.latest})"
+        )
+    if not state.dispatcher.running:
+        return _unavailable("dispatcher not running")
+    return web.json_response(
+        {"status": "ok", "schema_version": version.applied, "migrations": "done"}
+    )
+
+
+def _unavailable(reason: str) -> web.Response:
+    return web.json_response({"status": "unavailable", "reason": reason}, status=503)
 
 
 def _log_start(config: Config, store: Store) -> None:
@@ -63,7 +83,13 @@ def _log_start(config: Config, store: Store) -> None:
         config.server.host,
         config.server.port,
         config.source,
-        extra={"event": "service_starting", "store_kind": store.kind},
+        extra={
+            "event": "service_starting",
+            "version": webhooks.__version__,
+            "store_kind": store.kind,
+            "listen": f"{config.server.host}:{config.server.port}",
+            "safety_switches": switches,
+        },
     )
     if switches:
         log.warning(
@@ -89,10 +115,14 @@ def create_app(
     applies the network policy on connect.
     """
     app = web.Application(
-        middlewares=[problem_middleware], client_max_size=config.server.max_body_bytes
+        middlewares=[metrics_middleware, problem_middleware],
+        client_max_size=config.server.max_body_bytes,
     )
+    metrics = Metrics()
+    app[METRICS] = metrics
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", serve_metrics)
     app.add_routes(client_api.routes)
     app.add_routes(backend_api.routes)
     app.add_routes(admin_api.routes)
@@ -133,7 +163,9 @@ def create_app(
             delivery,
             keyring.signers_for,
             backend_session=backend_session,
+            metrics=metrics,
         )
+        metrics.watch_circuits(dispatcher.open_circuit_count)
         app[STATE] = AppState(
             config=config,
             store=active_store,
@@ -155,6 +187,7 @@ def create_app(
             # One dispatcher per SQLite file: leases left by a killed process
             # are this process's to take back at once.
             released = await active_store.release_all_leases()
+            metrics.leases_recovered.inc(released)
             if released:
                 log.info(
                     "took back %d leases left by a previous run",

@@ -63,6 +63,22 @@ def describe_error(error: BaseException, connect_timeout_s: float, total_timeout
     return f"request failed: {type(error).__name__}: {error}"
 
 
+def outcome_class(result: HttpResult) -> str:
+    """Return the kind of outcome of an attempt, a bounded label for metrics.
+
+    It is one of success, http_error, timeout, connection_error and
+    policy_rejected, read from the descriptions of ``describe_error``.
+    """
+    if result.status_code is not None:
+        return "success" if 200 <= result.status_code < 300 else "http_error"
+    error = result.error or ""
+    if error.startswith("rejected by network policy"):
+        return "policy_rejected"
+    if error.startswith(("connect timed out", "timed out after")):
+        return "timeout"
+    return "connection_error"
+
+
 async def post(
     session: aiohttp.ClientSession,
     url: str,

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -27,6 +28,9 @@ from webhooks.config import DeliveryConfig
 from webhooks.retry import next_delay_s, parse_retry_after
 from webhooks.signing import Signer, webhook_headers
 from webhooks.timefmt import format_time, utc_now
+
+if TYPE_CHECKING:
+    from webhooks.metrics import Metrics
 
 log = logging.getLogger("webhooks.dispatcher")
 
@@ -71,6 +75,7 @@ class Dispatcher:
         signers_for: SignerSource,
         *,
         backend_session: aiohttp.ClientSession | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``session`` sends webhooks to clients; ``backend_session``, if
         given, sends the events to the backend URL, which is operator
@@ -80,6 +85,7 @@ class Dispatcher:
         self._backend_session = backend_session or session
         self._config = config
         self._signers_for = signers_for
+        self._metrics = metrics
         self.owner = ids.new_id("node")
         self._circuits = CircuitBreakers(
             config.circuit_failure_threshold, config.circuit_cooldown_s
@@ -99,6 +105,10 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def open_circuit_count(self) -> int:
+        """Count the receiver hosts whose circuit is not closed."""
+        return self._circuits.open_count(time.monotonic())
 
     async def start(self) -> None:
         self._recorder_task = asyncio.create_task(self._record_outcomes())
@@ -177,6 +187,8 @@ class Dispatcher:
             per_host_limit=self._config.max_in_flight_per_host,
             host_limits=self._host_limits(time.monotonic()),
         )
+        if self._metrics is not None:
+            self._metrics.observe_claim(claimed)
         for delivery in claimed:
             self._in_flight_by_host[delivery.host] += 1
             task = asyncio.create_task(self._attempt(delivery))
@@ -225,6 +237,8 @@ class Dispatcher:
             total_timeout_s=self._config.attempt_timeout_s,
         )
         finished_at = utc_now()
+        if self._metrics is not None:
+            self._metrics.observe_attempt(delivery, result, started_at)
         status, next_attempt_at, error = decide(delivery, result, self._config, finished_at)
 
         if status is DeliveryStatus.DELIVERED:
