@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
@@ -12,11 +13,9 @@ from marshmallow import fields
 from webhooks import credentials
 from webhooks.config import (
     ENVIRONMENT_SECRETS,
+    Config,
     ConfigError,
     DeliveryConfig,
-    ScoresConfig,
-    ServerConfig,
-    StoreConfig,
     _ConfigSchema,
     load_config,
 )
@@ -54,17 +53,28 @@ def _filled_example(tmp_path: Path, secrets: dict[tuple[str, str], str]) -> Path
     return path
 
 
+def _values_and_defaults(config: Config) -> list[tuple[str, str, object, object]]:
+    """Return each loaded setting that has a default, beside that default."""
+    found = []
+    for section_field in dataclasses.fields(config):
+        section = getattr(config, section_field.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        for setting in dataclasses.fields(section):
+            if setting.default is not dataclasses.MISSING:
+                value = getattr(section, setting.name)
+                found.append((section_field.name, setting.name, value, setting.default))
+    return found
+
+
 def test_example_with_environment_has_defaults() -> None:
     secrets = _secrets()
     environ = {variable: secrets[key] for key, variable in ENVIRONMENT_SECRETS.items()}
 
     config = load_config(EXAMPLE, environ=environ)
 
-    assert config.server == ServerConfig()
-    assert config.store == StoreConfig()
-    assert config.delivery == DeliveryConfig()
-    assert config.scores == ScoresConfig()
-    assert config.backend.url == "http://127.0.0.1:9000/score-requests"
+    for name, key, value, default in _values_and_defaults(config):
+        assert value == default, f"{name}.{key} is {value!r}, default {default!r}"
     assert config.backend.token == secrets[("backend", "token")]
     assert config.backend.signing_secret == secrets[("backend", "signing_secret")]
     assert config.admin.token == secrets[("admin", "token")]
