@@ -61,7 +61,7 @@ EXIT_PASSED = 0
 EXIT_CHECK_FAILED = 1
 EXIT_SETUP_FAILED = 2
 
-RESULT_DELAY_S = 1.0  # stands in for the computation before the backend posts a result
+RESULT_DELAY_S = 1.0  # the demo backend's computation time before it posts a result
 CALLBACK_PATH = "/hooks/score"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 HELPER_STOP_TIMEOUT_S = 3.0
