@@ -33,6 +33,8 @@ from webhooks.config import (
 from webhooks.credentials import SecretBox
 from webhooks.state import STATE
 
+pytest_plugins = ["fixtures_postgres"]
+
 BACKEND_TOKEN = "backend-token-for-tests-0123456789"
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
