@@ -32,18 +32,24 @@ async def _scrape(service: Service) -> str:
 
 
 def _samples(text: str) -> list[Any]:
-    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+    return [
+        s for family in text_string_to_metric_families(text) for s in family.samples
+    ]
 
 
 def _value(text: str, name: str, **labels: str) -> float:
     """Return the value of the sample ``name`` whose labels include ``labels``."""
     for sample in _samples(text):
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+        if sample.name == name and all(
+            sample.labels.get(k) == v for k, v in labels.items()
+        ):
             return sample.value
     raise AssertionError(f"no sample {name} with {labels}")
 
 
-async def _submit_ready(service: Service, client: Any, customer_id: str, url: str) -> None:
+async def _submit_ready(
+    service: Service, client: Any, customer_id: str, url: str
+) -> None:
     response = await service.submit(client, customer_id=customer_id, callback_url=url)
     assert response.status == 202, await response.text()
     correlation_id = (await response.json())["correlation_id"]
@@ -87,9 +93,18 @@ async def test_attempt_outcomes_after_failing_and_good_receiver(
     text = await _scrape(service)
 
     ready = {"event_type": "score.ready"}
-    assert _value(text, "webhooks_delivery_attempts_total", outcome="http_error", **ready) == 4
-    assert _value(text, "webhooks_delivery_attempts_total", outcome="success", **ready) == 1
-    assert _value(text, "webhooks_delivery_attempts_total", outcome="timeout", **ready) == 0
+    assert (
+        _value(text, "webhooks_delivery_attempts_total", outcome="http_error", **ready)
+        == 4
+    )
+    assert (
+        _value(text, "webhooks_delivery_attempts_total", outcome="success", **ready)
+        == 1
+    )
+    assert (
+        _value(text, "webhooks_delivery_attempts_total", outcome="timeout", **ready)
+        == 0
+    )
     requested = {"event_type": "score.requested", "outcome": "success"}
     assert _value(text, "webhooks_delivery_attempts_total", **requested) == 2
     assert _value(text, "webhooks_delivery_attempt_duration_seconds_count") == 7
@@ -98,7 +113,9 @@ async def test_attempt_outcomes_after_failing_and_good_receiver(
     assert _value(text, delay_count, event_type="score.requested") == 2
 
 
-async def test_delivery_gauges_count_failed(service: Service, make_receiver: Any) -> None:
+async def test_delivery_gauges_count_failed(
+    service: Service, make_receiver: Any
+) -> None:
     client = await service.new_client()
     failing = await make_receiver(default_status=500)
     await _submit_ready(service, client, "cust-bad", failing.url())
@@ -113,7 +130,9 @@ async def test_delivery_gauges_count_failed(service: Service, make_receiver: Any
     text = await _scrape(service)
     assert _value(text, "webhooks_deliveries", state="pending") == 0
     assert _value(text, "webhooks_deliveries", state="in_flight") == 0
-    assert _value(text, "webhooks_deliveries_counted_timestamp_seconds") > time.time() - 30
+    assert (
+        _value(text, "webhooks_deliveries_counted_timestamp_seconds") > time.time() - 30
+    )
 
 
 async def test_http_routes_labelled_by_template(service: Service) -> None:
@@ -131,7 +150,9 @@ async def test_http_routes_labelled_by_template(service: Service) -> None:
     route = "/v1/score-requests/{correlation_id}"
     labels = {"method": "GET", "route": route, "status": "404"}
     assert _value(text, "webhooks_http_requests_total", **labels) == 1
-    assert _value(text, "webhooks_http_request_duration_seconds_count", route=route) == 1
+    assert (
+        _value(text, "webhooks_http_request_duration_seconds_count", route=route) == 1
+    )
     unmatched = {"route": "unmatched", "status": "404"}
     assert _value(text, "webhooks_http_requests_total", **unmatched) == 1
     assert correlation_id not in text
@@ -144,7 +165,9 @@ async def test_unknown_method_labelled_other(service: Service) -> None:
 
     text = await _scrape(service)
 
-    assert _value(text, "webhooks_http_requests_total", method="other", status="405") == 1
+    assert (
+        _value(text, "webhooks_http_requests_total", method="other", status="405") == 1
+    )
     assert "PROPFIND" not in text
 
 
@@ -275,8 +298,12 @@ def _result(status_code: int | None = None, error: str | None = None) -> HttpRes
     [
         pytest.param(aiohttp.ConnectionTimeoutError(), "timeout", id="connect-timeout"),
         pytest.param(TimeoutError(), "timeout", id="total-timeout"),
-        pytest.param(PolicyViolation("10.0.0.1 is private"), "policy_rejected", id="policy"),
-        pytest.param(aiohttp.ServerDisconnectedError(), "connection_error", id="disconnect"),
+        pytest.param(
+            PolicyViolation("10.0.0.1 is private"), "policy_rejected", id="policy"
+        ),
+        pytest.param(
+            aiohttp.ServerDisconnectedError(), "connection_error", id="disconnect"
+        ),
         pytest.param(OSError("network unreachable"), "connection_error", id="os-error"),
     ],
 )
@@ -288,7 +315,13 @@ def test_outcome_class_of_errors(error: BaseException, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("status_code", "expected"),
-    [(200, "success"), (204, "success"), (302, "http_error"), (410, "http_error"), (503, "http_error")],
+    [
+        (200, "success"),
+        (204, "success"),
+        (302, "http_error"),
+        (410, "http_error"),
+        (503, "http_error"),
+    ],
 )
 def test_outcome_class_of_status(status_code: int, expected: str) -> None:
     assert outcome_class(_result(status_code=status_code)) == expected

@@ -20,6 +20,7 @@ from webhooks.dispatcher import Dispatcher
 from webhooks.keyring import Keyring
 from webhooks.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from webhooks.netpolicy import NetworkPolicy
+from webhooks.openapi import add_openapi_document
 from webhooks.problems import problem_middleware
 from webhooks.resolver import policy_connector
 from webhooks.service import ScoreService
@@ -208,4 +209,5 @@ def create_app(
             log.info("score webhooks stopped", extra={"event": "service_stopped"})
 
     app.cleanup_ctx.append(lifecycle)
+    add_openapi_document(app, config)
     return app

@@ -27,7 +27,13 @@ from webhooks.timefmt import utc_now
 
 log = logging.getLogger("webhooks.metrics")
 
-ATTEMPT_OUTCOMES = ("success", "http_error", "timeout", "connection_error", "policy_rejected")
+ATTEMPT_OUTCOMES = (
+    "success",
+    "http_error",
+    "timeout",
+    "connection_error",
+    "policy_rejected",
+)
 DELIVERY_STATES = ("pending", "in_flight", "failed")
 # aiohttp also accepts WebDAV and other methods that llhttp knows; they
 # share the label "other".
@@ -151,7 +157,9 @@ class Metrics:
         self.attempt_duration.observe(result.duration_ms / 1000)
         if delivery.attempt_count == 0:
             delay_s = (started_at - delivery.created_at).total_seconds()
-            self.first_attempt_delay.labels(delivery.event_type).observe(max(0.0, delay_s))
+            self.first_attempt_delay.labels(delivery.event_type).observe(
+                max(0.0, delay_s)
+            )
 
     async def count_deliveries(self, store: Store) -> None:
         """Refresh the delivery gauges unless they were counted recently.
@@ -161,7 +169,10 @@ class Metrics:
         """
         async with self._count_lock:
             counted_at = self._counted_at_monotonic
-            if counted_at is not None and time.monotonic() - counted_at < COUNT_INTERVAL_S:
+            if (
+                counted_at is not None
+                and time.monotonic() - counted_at < COUNT_INTERVAL_S
+            ):
                 return
             self._counted_at_monotonic = time.monotonic()
             try:
@@ -200,7 +211,8 @@ def route_label(request: web.Request) -> str:
 
 @web.middleware
 async def metrics_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """Count and time every request by method, route template and status code.
 
@@ -224,7 +236,9 @@ async def metrics_middleware(
         method = request.method if request.method in _METHODS else "other"
         route = route_label(request)
         metrics.http_requests.labels(method, route, str(status)).inc()
-        metrics.http_duration.labels(method, route).observe(time.perf_counter() - started)
+        metrics.http_duration.labels(method, route).observe(
+            time.perf_counter() - started
+        )
 
 
 async def serve_metrics(request: web.Request) -> web.Response:

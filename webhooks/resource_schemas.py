@@ -1,8 +1,8 @@
 """Marshmallow schemas of response bodies and webhook payloads.
 
-The handlers dump their responses through these schemas, and the OpenAPI
-document is generated from the same classes, so a field cannot be served
-without being documented. Dumping does not validate, so ``required`` here
+A handler that dumps its response through one of these schemas cannot
+serve an undeclared field, and the OpenAPI document is generated from the
+same classes. Dumping does not validate, so ``required`` here
 only states in the document that every response contains the field.
 """
 
@@ -21,7 +21,9 @@ from webhooks.timefmt import format_time
 class Timestamp(fields.DateTime):
     """An RFC 3339 time in UTC with milliseconds and a ``Z`` suffix."""
 
-    def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+    def _serialize(
+        self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any
+    ) -> str | None:
         return None if value is None else format_time(value)
 
 
@@ -34,7 +36,9 @@ class ScoreResource(Schema):
     computed_at = Timestamp(required=True)
     valid_until = Timestamp(
         required=True,
-        metadata={"description": "Until this time the score is reused for new requests."},
+        metadata={
+            "description": "Until this time the score is reused for new requests."
+        },
     )
 
 
@@ -43,7 +47,9 @@ class FailureResource(Schema):
 
 
 class ScoreRequestResource(Schema):
-    correlation_id = _text("Opaque, URL-safe ID of the request; sorts by creation time.")
+    correlation_id = _text(
+        "Opaque, URL-safe ID of the request; sorts by creation time."
+    )
     customer_id = _text("The client's reference of the customer.")
     status = fields.Enum(RequestStatus, by_value=True, required=True)
     created_at = Timestamp(required=True)
@@ -96,7 +102,9 @@ class AttemptResource(Schema):
     status_code = fields.Integer(
         required=True,
         allow_none=True,
-        metadata={"description": "HTTP status of the response; null when none arrived."},
+        metadata={
+            "description": "HTTP status of the response; null when none arrived."
+        },
     )
     error = fields.String(
         required=True,
@@ -149,7 +157,37 @@ class DeliveryPageResource(Schema):
     next_cursor = fields.String(
         required=True,
         allow_none=True,
-        metadata={"description": "Pass as cursor to get the next page; null on the last."},
+        metadata={
+            "description": "Pass as cursor to get the next page; null on the last."
+        },
+    )
+
+
+class SigningKeyResource(Schema):
+    id = _text("ID of the key.")
+    algorithm = fields.String(required=True, metadata={"enum": ["ed25519"]})
+    public_key = _text("whpk_ + base64 of the 32-byte Ed25519 public key.")
+    created_at = Timestamp(required=True)
+    expires_at = Timestamp(
+        required=True,
+        allow_none=True,
+        metadata={"description": "End of signing with this key; null while current."},
+    )
+
+
+class SigningKeysResource(Schema):
+    keys = fields.List(fields.Nested(SigningKeyResource), required=True)
+
+
+class RotatedSigningKeysResource(SigningKeysResource):
+    key = fields.Nested(SigningKeyResource, required=True)
+
+
+class RotatedSecretResource(Schema):
+    signing_secret = _text("The new secret (whsec_ + base64); shown only here.")
+    previous_secrets_expire_at = Timestamp(
+        required=True,
+        metadata={"description": "Until this time the previous secrets also sign."},
     )
 
 
@@ -179,7 +217,10 @@ class ReadinessResource(Schema):
         metadata={"description": "Newest migration applied to the store."}
     )
     migrations = fields.String(
-        metadata={"enum": ["done", "pending"], "description": "State of the migrations."}
+        metadata={
+            "enum": ["done", "pending"],
+            "description": "State of the migrations.",
+        }
     )
 
 
@@ -190,7 +231,9 @@ class ScoreEventData(Schema):
     correlation_id = _text("The score request the event is about.")
     customer_id = _text("The client's reference of the customer.")
     status = fields.Enum(RequestStatus, by_value=True, required=True)
-    score_url = _text("URL to GET the request resource with the score, with the API key.")
+    score_url = _text(
+        "URL to GET the request resource with the score, with the API key."
+    )
 
 
 class ScoreEvent(Schema):
