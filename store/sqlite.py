@@ -83,13 +83,17 @@ class _Reads:
 
     _db: aiosqlite.Connection
 
+    # Each query runs to completion in one call on the connection's thread. A
+    # statement left open between two awaits would keep a read snapshot
+    # that other queries on the connection share, so they would miss
+    # commits made meanwhile.
+
     async def _one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
-        async with self._db.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        found = await self._db.execute_fetchall(sql, params)
+        return next(iter(found), None)
 
     async def _all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
-        async with self._db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._db.execute_fetchall(sql, params))
 
     async def get_score_request(
         self, correlation_id: str, client_id: str | None = None
