@@ -128,6 +128,27 @@ class Store(Protocol):
     ) -> ScoreRequestRecord | None: ...
 
     async def latest_valid_score(
+    async def swap_signing_secrets(
+        self, client_id: str, expected: bytes, replacement: bytes
+    ) -> bool:
+        """Replace a client's signing secrets if they are still ``expected``.
+
+        Returns whether they were replaced, so two concurrent rotations
+        cannot both succeed and lose one new secret.
+        """
+
+    # Service settings
+
+    async def get_setting(self, name: str) -> bytes | None:
+        """Return a service-wide setting, or None if it was never stored."""
+
+    async def put_setting(self, name: str, value: bytes, *, expected: bytes | None) -> bool:
+        """Store a setting if its current value is ``expected`` (None: absent).
+
+        Returns whether it was stored; a concurrent writer that got there
+        first makes it return False.
+        """
+
         self, client_id: str, customer_id: str, now: datetime
     ) -> ScoreRecord | None: ...
 

@@ -458,6 +458,38 @@ class SqliteStore(_Reads):
         per_host_limit: int,
         host_limits: Mapping[str, int],
     ) -> list[DeliveryRecord]:
+    async def swap_signing_secrets(
+        self, client_id: str, expected: bytes, replacement: bytes
+    ) -> bool:
+        changed = await self._write(
+            """UPDATE clients SET signing_secrets = ?
+               WHERE id = ? AND signing_secrets = ?""",
+            (replacement, client_id, expected),
+        )
+        return changed == 1
+
+    # Service settings
+
+    async def get_setting(self, name: str) -> bytes | None:
+        row = await self._one("SELECT value FROM service_settings WHERE name = ?", (name,))
+        return None if row is None else bytes(row["value"])
+
+    async def put_setting(self, name: str, value: bytes, *, expected: bytes | None) -> bool:
+        now = _to_db(datetime.now(UTC))
+        if expected is None:
+            changed = await self._write(
+                """INSERT INTO service_settings (name, value, updated_at)
+                   VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING""",
+                (name, value, now),
+            )
+        else:
+            changed = await self._write(
+                """UPDATE service_settings SET value = ?, updated_at = ?
+                   WHERE name = ? AND value = ?""",
+                (value, now, name, expected),
+            )
+        return changed == 1
+
         if limit <= 0:
             return []
         excluded = [host for host, remaining in host_limits.items() if remaining <= 0]
