@@ -6,11 +6,13 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -39,15 +41,46 @@ BACKEND_TOKEN = "backend-token-for-tests-0123456789"
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
 
-def make_config(tmp_path: Path, **sections: Any) -> Config:
-    """Return a config on a SQLite file in ``tmp_path`` with fast retries.
+# The store URL of each running test, by its tmp_path; see the store_url fixture.
+_STORE_URLS: dict[Path, str] = {}
 
-    ``sections`` maps a section name to a dict of field overrides, for
-    example ``delivery={"retry_schedule_s": (0.1,)}``.
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that starts the app once per store: SQLite and PostgreSQL.
+
+    A test marked ``sqlite_only`` (it reads the SQLite file itself) runs once.
     """
+    if "store_url" not in metafunc.fixturenames:
+        return
+    kinds = ["sqlite"]
+    if metafunc.definition.get_closest_marker("sqlite_only") is None:
+        kinds.append("postgresql")
+    metafunc.parametrize("store_url", kinds, indirect=True)
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Return the URL of a fresh store for this test; ``make_config`` uses it."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'webhooks.sqlite3'}"
+    _STORE_URLS[tmp_path] = url
+    yield url
+    del _STORE_URLS[tmp_path]
+
+
+def make_config(tmp_path: Path, **sections: Any) -> Config:
+    """Return a config on this test's store with fast retries.
+
+    The store is the one the ``store_url`` fixture chose, or else a SQLite
+    file in ``tmp_path``. ``sections`` maps a section name to a dict of
+    field overrides, for example ``delivery={"retry_schedule_s": (0.1,)}``.
+    """
+    store_url = _STORE_URLS.get(tmp_path, f"sqlite:///{tmp_path / 'webhooks.sqlite3'}")
     config = Config(
         server=ServerConfig(public_url="http://scores.test"),
-        store=StoreConfig(url=f"sqlite:///{tmp_path / 'webhooks.sqlite3'}", synchronous="normal"),
+        store=StoreConfig(url=store_url, synchronous="normal", pool_size=4),
         backend=BackendConfig(
             url="http://127.0.0.1:9/unused",
             token=BACKEND_TOKEN,
@@ -86,13 +119,28 @@ def config_with_backend(tmp_path: Path, backend: Receiver, **sections: Any) -> C
 
 
 def count_rows(config: Config, table: str) -> int:
-    """Count the rows of a table in the config's SQLite file, read-only."""
+    """Count the rows of a table in the config's store."""
+    if config.store.url.startswith("postgresql:"):
+        return _count_postgres_rows(config.store.url, table)
     path = path_from_url(config.store.url)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     finally:
         db.close()
+
+
+def _count_postgres_rows(url: str, table: str) -> int:
+    async def count() -> int:
+        connection = await asyncpg.connect(url)
+        try:
+            return await connection.fetchval(f"SELECT COUNT(*) FROM {table}")
+        finally:
+            await connection.close()
+
+    # The caller runs inside the test's event loop, so the query gets its own.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, count()).result()
 
 
 async def wait_for(
@@ -246,7 +294,7 @@ class Service:
 
 @pytest.fixture
 async def make_service(
-    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path, store_url: str
 ) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
     """Start the app on a config from ``make_config`` with the given overrides.
 
