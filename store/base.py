@@ -121,13 +121,6 @@ class Store(Protocol):
 
     async def update_signing_secrets(self, client_id: str, signing_secrets: bytes) -> None: ...
 
-    # Reads of requests and scores
-
-    async def get_score_request(
-        self, correlation_id: str, client_id: str | None = None
-    ) -> ScoreRequestRecord | None: ...
-
-    async def latest_valid_score(
     async def swap_signing_secrets(
         self, client_id: str, expected: bytes, replacement: bytes
     ) -> bool:
@@ -149,6 +142,13 @@ class Store(Protocol):
         first makes it return False.
         """
 
+    # Reads of requests and scores
+
+    async def get_score_request(
+        self, correlation_id: str, client_id: str | None = None
+    ) -> ScoreRequestRecord | None: ...
+
+    async def latest_valid_score(
         self, client_id: str, customer_id: str, now: datetime
     ) -> ScoreRecord | None: ...
 

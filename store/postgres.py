@@ -426,6 +426,44 @@ class PostgresStore(_Reads):
             client_id,
         )
 
+    async def swap_signing_secrets(
+        self, client_id: str, expected: bytes, replacement: bytes
+    ) -> bool:
+        status = await self._pool.execute(
+            """UPDATE clients SET signing_secrets = $1
+               WHERE id = $2 AND signing_secrets = $3""",
+            replacement,
+            client_id,
+            expected,
+        )
+        return status == "UPDATE 1"
+
+    # Service settings
+
+    async def get_setting(self, name: str) -> bytes | None:
+        value = await self._pool.fetchval(
+            "SELECT value FROM service_settings WHERE name = $1", name
+        )
+        return None if value is None else bytes(value)
+
+    async def put_setting(self, name: str, value: bytes, *, expected: bytes | None) -> bool:
+        if expected is None:
+            status = await self._pool.execute(
+                """INSERT INTO service_settings (name, value, updated_at)
+                   VALUES ($1, $2, now()) ON CONFLICT (name) DO NOTHING""",
+                name,
+                value,
+            )
+            return status == "INSERT 0 1"
+        status = await self._pool.execute(
+            """UPDATE service_settings SET value = $1, updated_at = now()
+               WHERE name = $2 AND value = $3""",
+            value,
+            name,
+            expected,
+        )
+        return status == "UPDATE 1"
+
     # Reads of requests and scores
 
     async def latest_valid_score(
@@ -467,44 +505,6 @@ class PostgresStore(_Reads):
                      AND NOT (host = ANY($2::text[]))
                    ORDER BY next_attempt_at LIMIT $3
                    FOR UPDATE SKIP LOCKED""",
-    async def swap_signing_secrets(
-        self, client_id: str, expected: bytes, replacement: bytes
-    ) -> bool:
-        status = await self._pool.execute(
-            """UPDATE clients SET signing_secrets = $1
-               WHERE id = $2 AND signing_secrets = $3""",
-            replacement,
-            client_id,
-            expected,
-        )
-        return status == "UPDATE 1"
-
-    # Service settings
-
-    async def get_setting(self, name: str) -> bytes | None:
-        value = await self._pool.fetchval(
-            "SELECT value FROM service_settings WHERE name = $1", name
-        )
-        return None if value is None else bytes(value)
-
-    async def put_setting(self, name: str, value: bytes, *, expected: bytes | None) -> bool:
-        if expected is None:
-            status = await self._pool.execute(
-                """INSERT INTO service_settings (name, value, updated_at)
-                   VALUES ($1, $2, now()) ON CONFLICT (name) DO NOTHING""",
-                name,
-                value,
-            )
-            return status == "INSERT 0 1"
-        status = await self._pool.execute(
-            """UPDATE service_settings SET value = $1, updated_at = now()
-               WHERE name = $2 AND value = $3""",
-            value,
-            name,
-            expected,
-        )
-        return status == "UPDATE 1"
-
                 now,
                 excluded,
                 limit * _CLAIM_LOOKAHEAD,

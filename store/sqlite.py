@@ -432,32 +432,6 @@ class SqliteStore(_Reads):
             (signing_secrets, client_id),
         )
 
-    # Reads of requests and scores
-
-    async def latest_valid_score(
-        self, client_id: str, customer_id: str, now: datetime
-    ) -> ScoreRecord | None:
-        return await self.find_valid_score(client_id, customer_id, now)
-
-    async def has_requested_customer(self, client_id: str, customer_id: str) -> bool:
-        row = await self._one(
-            "SELECT 1 FROM score_requests WHERE client_id = ? AND customer_id = ? LIMIT 1",
-            (client_id, customer_id),
-        )
-        return row is not None
-
-    # Dispatch
-
-    async def claim_due_deliveries(
-        self,
-        *,
-        owner: str,
-        now: datetime,
-        lease_until: datetime,
-        limit: int,
-        per_host_limit: int,
-        host_limits: Mapping[str, int],
-    ) -> list[DeliveryRecord]:
     async def swap_signing_secrets(
         self, client_id: str, expected: bytes, replacement: bytes
     ) -> bool:
@@ -490,6 +464,32 @@ class SqliteStore(_Reads):
             )
         return changed == 1
 
+    # Reads of requests and scores
+
+    async def latest_valid_score(
+        self, client_id: str, customer_id: str, now: datetime
+    ) -> ScoreRecord | None:
+        return await self.find_valid_score(client_id, customer_id, now)
+
+    async def has_requested_customer(self, client_id: str, customer_id: str) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM score_requests WHERE client_id = ? AND customer_id = ? LIMIT 1",
+            (client_id, customer_id),
+        )
+        return row is not None
+
+    # Dispatch
+
+    async def claim_due_deliveries(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        per_host_limit: int,
+        host_limits: Mapping[str, int],
+    ) -> list[DeliveryRecord]:
         if limit <= 0:
             return []
         excluded = [host for host, remaining in host_limits.items() if remaining <= 0]
