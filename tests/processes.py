@@ -66,6 +66,10 @@ def write_config(
         f'token = "{secrets["admin_token"]}"',
         "[security]",
         f'master_key = "{secrets["master_key"]}"',
+        # Load tests submit thousands of requests from one client at once.
+        "[limits]",
+        "submissions_per_second = 100000.0",
+        "burst = 100000",
         "[delivery]",
     ]
     for key, value in settings.items():

@@ -13,7 +13,8 @@ from aiohttp.abc import AbstractResolver
 
 import webhooks
 from store import Store, open_store
-from webhooks import admin_api, backend_api, client_api, credentials
+from webhooks import admin_api, backend_api, client_api, credentials, keys_api
+from webhooks import service_keys
 from webhooks.config import Config
 from webhooks.credentials import SecretBox
 from webhooks.dispatcher import Dispatcher
@@ -22,6 +23,7 @@ from webhooks.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from webhooks.netpolicy import NetworkPolicy
 from webhooks.openapi import add_openapi_document
 from webhooks.problems import problem_middleware
+from webhooks.ratelimit import TokenBuckets
 from webhooks.resolver import policy_connector
 from webhooks.service import ScoreService
 from webhooks.state import STATE, AppState
@@ -127,6 +129,7 @@ def create_app(
     app.add_routes(client_api.routes)
     app.add_routes(backend_api.routes)
     app.add_routes(admin_api.routes)
+    app.add_routes(keys_api.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None
@@ -137,6 +140,15 @@ def create_app(
         )
         _log_start(config, active_store)
         box = SecretBox(config.master_key)
+        keyring = Keyring(active_store, box, config.backend.signing_secret)
+        try:
+            # A wrong master key stops the start here, before any write.
+            await service_keys.verify_master_key(active_store, box)
+            await keyring.service_keys()  # creates the Ed25519 key on first start
+        except BaseException:
+            if own_store:
+                await active_store.close()
+            raise
         delivery = config.delivery
         policy = NetworkPolicy(
             allow_http=delivery.allow_http,
@@ -157,7 +169,6 @@ def create_app(
         backend_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(**limits), headers=user_agent
         )
-        keyring = Keyring(active_store, box, config.backend.signing_secret)
         dispatcher = Dispatcher(
             active_store,
             session,
@@ -180,6 +191,10 @@ def create_app(
             box=box,
             policy=policy,
             resolver=dns,
+            keyring=keyring,
+            submission_limits=TokenBuckets(
+                config.limits.submissions_per_second, config.limits.burst
+            ),
             dispatcher=dispatcher,
             backend_token_hash=credentials.hash_token(config.backend.token),
             admin_token_hash=credentials.hash_token(config.admin.token),

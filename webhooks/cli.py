@@ -15,6 +15,7 @@ from store import StoreError, open_store
 from webhooks.clients import create_client
 from webhooks.config import Config, ConfigError, embedded_config, load_config
 from webhooks.credentials import SecretBox
+from webhooks.service_keys import verify_master_key
 
 log = logging.getLogger("webhooks.cli")
 
@@ -51,7 +52,9 @@ async def _create_client(config: Config, name: str) -> dict[str, str]:
         pool_size=config.store.pool_size,
     )
     try:
-        created = await create_client(store, SecretBox(config.master_key), name)
+        box = SecretBox(config.master_key)
+        await verify_master_key(store, box)
+        created = await create_client(store, box, name)
     finally:
         await store.close()
     return {

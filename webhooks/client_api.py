@@ -1,26 +1,31 @@
-"""Endpoints of client systems: submit a score request, read requests and scores."""
+"""Endpoints of client systems: requests, scores and their signing secret."""
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from aiohttp import web
 from yarl import URL
 
-from webhooks import bodies
+from webhooks import bodies, clients
 from webhooks.auth import authenticate_client
 from webhooks.netpolicy import PolicyViolation
-from webhooks.problems import NotFound, ValidationFailed
+from webhooks.problems import Conflict, NotFound, TooManyRequests, ValidationFailed
+from webhooks.ratelimit import retry_after_header
 from webhooks.resolver import check_resolved_host
 from webhooks.resources import request_resource, score_resource
 from webhooks.schemas import CUSTOMER_ID_PATTERN, ScoreRequestBody
 from webhooks.service import Submission
 from webhooks.state import STATE, AppState
-from webhooks.timefmt import utc_now
+from webhooks.timefmt import format_time, utc_now
 
 routes = web.RouteTableDef()
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Correlation IDs are 30 characters; a longer path segment gets 404
+# without a lookup and without echoing it.
+_MAX_ID_LENGTH = 64
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -47,6 +52,18 @@ async def _check_callback_host(state: AppState, callback_url: str) -> None:
         ) from None
 
 
+def _limit_submissions(state: AppState, client_id: str) -> None:
+    """Raise 429 with Retry-After when the client's token bucket is empty."""
+    wait_s = state.submission_limits.take(client_id)
+    if wait_s > 0:
+        retry_after = retry_after_header(wait_s)
+        raise TooManyRequests(
+            f"more than {state.config.limits.submissions_per_second:g} submissions "
+            f"per second; retry after {retry_after} s",
+            headers={"Retry-After": retry_after},
+        )
+
+
 def _location(correlation_id: str) -> str:
     return f"/v1/score-requests/{correlation_id}"
 
@@ -55,6 +72,7 @@ def _location(correlation_id: str) -> str:
 async def submit_score_request(request: web.Request) -> web.Response:
     state = request.app[STATE]
     client = await authenticate_client(request)
+    _limit_submissions(state, client.id)
     idempotency_key = _idempotency_key(request)
     document = await bodies.read_json(request)
     body = bodies.load(ScoreRequestBody(state.policy), document)
@@ -85,6 +103,10 @@ async def get_score_request(request: web.Request) -> web.Response:
     state = request.app[STATE]
     client = await authenticate_client(request)
     correlation_id = request.match_info["correlation_id"]
+    if len(correlation_id) > _MAX_ID_LENGTH:
+        raise NotFound(
+            f"no score request with an ID of {len(correlation_id)} characters"
+        )
     record = await state.store.get_score_request(correlation_id, client.id)
     if record is None:
         raise NotFound(f"no score request {correlation_id!r}")
@@ -108,3 +130,29 @@ async def get_customer_score(request: web.Request) -> web.Response:
     if score is None:
         raise NotFound(f"no valid score for customer {customer_id!r}")
     return web.json_response({"customer_id": customer_id, "score": score_resource(score)})
+
+
+@routes.post("/v1/clients/me/signing-secret/rotate")
+async def rotate_signing_secret(request: web.Request) -> web.Response:
+    """Give the client a new signing secret, shown only in this response.
+
+    The previous secrets keep signing beside it for security.rotation_overlap.
+    """
+    state = request.app[STATE]
+    client = await authenticate_client(request)
+    overlap = timedelta(seconds=state.config.security.rotation_overlap_s)
+    try:
+        rotated = await clients.rotate_signing_secret(
+            state.store, state.box, client.id, utc_now(), overlap
+        )
+    except clients.RotationConflict as exc:
+        raise Conflict(f"{exc}; try again") from None
+    state.keyring.forget_client(client.id)
+    return web.json_response(
+        {
+            "signing_secret": rotated.signing_secret,
+            "previous_secrets_expire_at": format_time(rotated.previous_expire_at),
+        },
+        status=201,
+        headers={"Cache-Control": "no-store"},
+    )

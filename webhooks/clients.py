@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from store import Store
 from store.records import ClientRecord
 from webhooks import credentials, ids
 from webhooks.credentials import SecretBox
 from webhooks.timefmt import format_time, parse_time, utc_now
+
+log = logging.getLogger("webhooks.clients")
+
+# Rotated-out secrets kept at most, newest first, so that repeated rotations
+# within one overlap cannot grow every webhook-signature header unbounded.
+MAX_PREVIOUS_SECRETS = 3
+# Compare-and-swap runs before a rotation gives up against concurrent ones.
+_MAX_ROTATION_RUNS = 5
+
+
+class RotationConflict(Exception):
+    """Concurrent rotations of one client's secret kept replacing each other."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,3 +79,46 @@ async def create_client(store: Store, box: SecretBox, name: str) -> NewClient:
     )
     await store.insert_client(record)
     return NewClient(record=record, api_key=api_key, signing_secret=signing_secret)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RotatedSecret:
+    """A client's new signing secret, shown this once."""
+
+    signing_secret: str
+    previous_expire_at: datetime  # the old secrets sign until then
+
+
+async def rotate_signing_secret(
+    store: Store, box: SecretBox, client_id: str, now: datetime, overlap: timedelta
+) -> RotatedSecret:
+    """Give a client a new signing secret; the current ones sign until now + overlap.
+
+    Expired secrets are dropped, and at most MAX_PREVIOUS_SECRETS are kept.
+    Raises RotationConflict if concurrent rotations keep winning the swap.
+    """
+    until = now + overlap
+    for _ in range(_MAX_ROTATION_RUNS):
+        sealed = (await store.get_signing_secrets([client_id]))[client_id]
+        previous = [
+            SigningSecret(
+                secret=item.secret, expires_at=min(item.expires_at or until, until)
+            )
+            for item in open_secrets(box, client_id, sealed)
+            if item.expires_at is None or item.expires_at > now
+        ][:MAX_PREVIOUS_SECRETS]
+        new_secret = credentials.new_signing_secret()
+        current = SigningSecret(secret=new_secret, expires_at=None)
+        replacement = seal_secrets(box, client_id, [current, *previous])
+        if await store.swap_signing_secrets(client_id, sealed, replacement):
+            log.info(
+                "client %s rotated its signing secret; %d previous ones sign until %s",
+                client_id,
+                len(previous),
+                format_time(until),
+                extra={"event": "signing_secret_rotated", "client_id": client_id},
+            )
+            return RotatedSecret(signing_secret=new_secret, previous_expire_at=until)
+    raise RotationConflict(
+        f"the signing secret of {client_id} is being rotated concurrently"
+    )

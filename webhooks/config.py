@@ -72,6 +72,9 @@ class AdminConfig:
 @dataclass(frozen=True, kw_only=True)
 class SecurityConfig:
     master_key: str  # URL-safe base64 of 32 bytes; encrypts signing secrets at rest
+    # How long a rotated-out client secret or service signing key keeps
+    # signing beside its successor.
+    rotation_overlap_s: float = 86400.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +108,14 @@ class ScoresConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LimitsConfig:
+    # Token bucket per client on POST /v1/score-requests: the sustained rate
+    # and the number of requests a client may send at once.
+    submissions_per_second: float = 50.0
+    burst: int = 100
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -113,6 +124,7 @@ class Config:
     security: SecurityConfig
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     scores: ScoresConfig = field(default_factory=ScoresConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "embedded default"  # the file this came from, for the logs
 
     @property
@@ -165,6 +177,7 @@ class _AdminSchema(_Section):
 
 class _SecuritySchema(_Section):
     master_key = fields.String()
+    rotation_overlap = fields.Float(validate=validate.Range(min=0))
 
     @validates_schema
     def _check_key(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -205,6 +218,11 @@ class _ScoresSchema(_Section):
             raise ValidationError("must be greater than scores.min", "max")
 
 
+class _LimitsSchema(_Section):
+    submissions_per_second = fields.Float(validate=_POSITIVE)
+    burst = fields.Integer(strict=True, validate=validate.Range(min=1))
+
+
 class _ConfigSchema(_Section):
     server = fields.Nested(_ServerSchema)
     store = fields.Nested(_StoreSchema)
@@ -213,6 +231,7 @@ class _ConfigSchema(_Section):
     security = fields.Nested(_SecuritySchema)
     delivery = fields.Nested(_DeliverySchema)
     scores = fields.Nested(_ScoresSchema)
+    limits = fields.Nested(_LimitsSchema)
 
 
 # TOML keys whose dataclass field adds the unit to the name.
@@ -230,6 +249,7 @@ _FIELD_NAMES = {
         "default_validity",
         "poll_hint",
         "idempotency_window",
+        "rotation_overlap",
     )
 }
 
@@ -285,6 +305,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         security=SecurityConfig(**_dataclass_fields(data["security"])),
         delivery=DeliveryConfig(**_dataclass_fields(data.get("delivery", {}))),
         scores=ScoresConfig(**_dataclass_fields(data.get("scores", {}))),
+        limits=LimitsConfig(**_dataclass_fields(data.get("limits", {}))),
         source=source,
     )
 

@@ -1,4 +1,8 @@
-"""Standard Webhooks signatures: ``v1`` (HMAC-SHA256) headers for each attempt."""
+"""Standard Webhooks signatures for each attempt.
+
+``v1`` is HMAC-SHA256 with a shared ``whsec_`` secret. ``v1a`` is Ed25519
+with the service's private key, verified with its published public key.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 class Signer(Protocol):
@@ -23,6 +29,16 @@ class HmacSigner:
     def sign(self, content: bytes) -> str:
         digest = hmac.new(self._key, content, hashlib.sha256).digest()
         return "v1," + base64.b64encode(digest).decode()
+
+
+class Ed25519Signer:
+    """``v1a``: Ed25519 with one of the service's private keys."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._private_key = private_key
+
+    def sign(self, content: bytes) -> str:
+        return "v1a," + base64.b64encode(self._private_key.sign(content)).decode()
 
 
 def signed_content(message_id: str, timestamp: int, body: bytes) -> bytes:

@@ -11,7 +11,9 @@ from store import Store
 from webhooks.config import Config
 from webhooks.credentials import SecretBox
 from webhooks.dispatcher import Dispatcher
+from webhooks.keyring import Keyring
 from webhooks.netpolicy import NetworkPolicy
+from webhooks.ratelimit import TokenBuckets
 from webhooks.service import ScoreService
 
 
@@ -23,6 +25,8 @@ class AppState:
     box: SecretBox
     policy: NetworkPolicy
     resolver: AbstractResolver  # looks up callback hosts at submission
+    keyring: Keyring
+    submission_limits: TokenBuckets  # per client ID
     dispatcher: Dispatcher
     backend_token_hash: str
     admin_token_hash: str
