@@ -83,6 +83,9 @@ async def verify_master_key(store: Store, box: SecretBox) -> None:
 
     Raises MasterKeyMismatch, having written nothing, when the store was
     created with another key.
+
+    NOTE: a store created before the check value existed has none, so its
+    first start after the upgrade stores one for whatever key it was given.
     """
     sealed = await store.get_setting(MASTER_KEY_CHECK)
     if sealed is None:
