@@ -94,6 +94,13 @@ class Transaction(Protocol):
     async def insert_delivery(self, delivery: NewDelivery) -> None:
         """Insert a due delivery; the dispatcher is woken after the commit."""
 
+    async def insert_deliveries(self, deliveries: Sequence[NewDelivery]) -> None:
+        """Insert many deliveries in one statement, for seeding and imports.
+
+        Does what ``insert_delivery`` does for each, at a fraction of the
+        cost per row.
+        """
+
     async def cancel_pending_deliveries(
         self, correlation_ids: Sequence[str], event_type: str, now: datetime
     ) -> int: ...

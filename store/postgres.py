@@ -46,6 +46,20 @@ NEW_WORK_CHANNEL = "webhooks_new_work"
 _MIGRATION_LOCK_KEY = 0x5C0E_3EB0_0C5F_0001
 _CLAIM_LOOKAHEAD = 4
 _LISTEN_RETRY_S = 2.0
+_DELIVERY_COPY_COLUMNS = [
+    "id",
+    "message_id",
+    "client_id",
+    "correlation_id",
+    "event_type",
+    "url",
+    "host",
+    "payload",
+    "status",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+]
 
 _SCORE_REQUEST_SELECT = """
     SELECT r.*, s.id AS score_id, s.client_id AS score_client_id,
@@ -274,6 +288,33 @@ class _PostgresTransaction(_Reads):
             now,
         )
         self.new_work = True
+
+    async def insert_deliveries(self, deliveries: Sequence[NewDelivery]) -> None:
+        # COPY moves the rows in one round trip, several times faster than
+        # an INSERT per row; it runs inside the open transaction.
+        now = datetime.now(UTC)
+        await self._db.copy_records_to_table(
+            "deliveries",
+            columns=_DELIVERY_COPY_COLUMNS,
+            records=[
+                (
+                    delivery.id,
+                    delivery.message_id,
+                    delivery.client_id,
+                    delivery.correlation_id,
+                    delivery.event_type,
+                    delivery.url,
+                    delivery.host,
+                    delivery.payload,
+                    "pending",
+                    delivery.next_attempt_at,
+                    now,
+                    now,
+                )
+                for delivery in deliveries
+            ],
+        )
+        self.new_work = self.new_work or bool(deliveries)
 
     async def cancel_pending_deliveries(
         self, correlation_ids: Sequence[str], event_type: str, now: datetime

@@ -22,7 +22,7 @@ from typing import Any
 import aiosqlite
 
 from store import rows
-from store.base import MigrationError, UniqueViolation
+from store.base import MigrationError, StoreError, UniqueViolation
 from store.records import (
     AttemptOutcome,
     AttemptRecord,
@@ -293,6 +293,32 @@ class _SqliteTransaction(_Reads):
         )
         self.new_work = True
 
+    async def insert_deliveries(self, deliveries: Sequence[NewDelivery]) -> None:
+        now = _to_db(datetime.now(UTC))
+        await self._db.executemany(
+            """INSERT INTO deliveries
+               (id, message_id, client_id, correlation_id, event_type, url, host,
+                payload, status, next_attempt_at, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)""",
+            [
+                (
+                    delivery.id,
+                    delivery.message_id,
+                    delivery.client_id,
+                    delivery.correlation_id,
+                    delivery.event_type,
+                    delivery.url,
+                    delivery.host,
+                    delivery.payload,
+                    _to_db(delivery.next_attempt_at),
+                    now,
+                    now,
+                )
+                for delivery in deliveries
+            ],
+        )
+        self.new_work = self.new_work or bool(deliveries)
+
     async def cancel_pending_deliveries(
         self, correlation_ids: Sequence[str], event_type: str, now: datetime
     ) -> int:
@@ -308,6 +334,21 @@ class _SqliteTransaction(_Reads):
             (_to_db(now), event_type, *correlation_ids),
         )
         return cursor.rowcount
+
+
+class _CommitGroup:
+    """Write transactions that share one SQLite transaction and one COMMIT."""
+
+    def __init__(self) -> None:
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.committer: asyncio.Task[None] | None = None
+
+
+async def _roll_back(db: aiosqlite.Connection) -> None:
+    try:
+        await db.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("rolling back a failed commit failed", extra={"event": "rollback_failed"})
 
 
 def _encode_cursor(created_at: float, delivery_id: str) -> str:
@@ -335,6 +376,7 @@ class SqliteStore(_Reads):
         self._writer = writer
         self._db = reader
         self._write_lock = asyncio.Lock()
+        self._group: _CommitGroup | None = None  # the open write transaction
         self._listeners: list[Callable[[], None]] = []
 
     @classmethod
@@ -362,6 +404,8 @@ class SqliteStore(_Reads):
         return db
 
     async def close(self) -> None:
+        if self._group is not None:
+            await asyncio.gather(self._group.committed, return_exceptions=True)
         await self._db.close()
         await self._writer.close()
 
@@ -374,17 +418,52 @@ class SqliteStore(_Reads):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTransaction]:
+        """Run the body as one member of a group commit.
+
+        Bodies that queue for the write lock while a group is open run one
+        after another inside the same SQLite transaction, each within its own
+        savepoint, and one COMMIT (one fsync) ends them all. A body that
+        raises rolls back to its savepoint, so only its own writes are lost.
+        The context exits only after the group's COMMIT, so a caller that
+        got through has its writes on disk; if the COMMIT fails, every
+        member raises StoreError and the whole group is rolled back.
+        """
         async with self._write_lock:
+            group = self._group
+            if group is None:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                group = self._group = _CommitGroup()
+                # The lock is FIFO: the commit runs after the bodies queued
+                # now, and bodies that queue later start the next group.
+                group.committer = asyncio.create_task(self._commit(group))
             transaction = _SqliteTransaction(self._writer)
-            await self._writer.execute("BEGIN IMMEDIATE")
+            await self._writer.execute("SAVEPOINT member")
             try:
                 yield transaction
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._writer.execute("ROLLBACK TO member")
+                await self._writer.execute("RELEASE member")
                 raise
-            await self._writer.execute("COMMIT")
+            await self._writer.execute("RELEASE member")
+        try:
+            await asyncio.shield(group.committed)
+        except Exception as exc:
+            raise StoreError(f"committing the transaction failed: {exc}") from exc
         if transaction.new_work:
             self._notify_new_work()
+
+    async def _commit(self, group: _CommitGroup) -> None:
+        async with self._write_lock:
+            self._group = None
+            try:
+                await self._writer.execute("COMMIT")
+            except BaseException as exc:
+                await _roll_back(self._writer)
+                group.committed.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                group.committed.set_result(None)
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         async with self.transaction() as transaction:
