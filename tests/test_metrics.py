@@ -204,10 +204,15 @@ async def test_open_circuit_counted(
     await wait_for(circuit_open)
 
 
+# A PostgreSQL store is shared by several processes, so a starting process
+# leaves other leases to expire instead of taking them back.
+@pytest.mark.sqlite_only
 async def test_leases_left_by_dead_process_counted(
     make_service: Any, tmp_path: Path
 ) -> None:
     config = make_config(tmp_path)
+    if not config.store.url.startswith("sqlite:"):
+        pytest.skip("only the SQLite store takes back every lease at start")
     store = await open_store(config.store.url)
     try:
         async with store.transaction() as transaction:

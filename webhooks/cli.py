@@ -13,8 +13,17 @@ from aiohttp import web
 
 from store import StoreError, open_store
 from webhooks.clients import create_client
-from webhooks.config import Config, ConfigError, embedded_config, load_config
+from webhooks import config_report
+from webhooks.config import (
+    EMBEDDED_SECRETS_FILE,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    embedded_config,
+    load_config,
+)
 from webhooks.credentials import SecretBox
+from webhooks.logs import RepeatFilter, configure_logging
 from webhooks.service_keys import verify_master_key
 
 log = logging.getLogger("webhooks.cli")
@@ -30,18 +39,51 @@ def _load(path: str | None) -> Config:
     return load_config(path) if path else embedded_config()
 
 
+def _configure_logging(config: Config, args: argparse.Namespace) -> RepeatFilter:
+    """Apply [logging] from the config; --log-level wins over its level."""
+    return configure_logging(config.logging.format, args.log_level or config.logging.level)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from webhooks.app import create_app
 
     config = _load(args.config)
-    web.run_app(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=config.delivery.shutdown_grace_s,
-    )
+    repeats = _configure_logging(config, args)
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.server.host,
+            port=config.server.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=config.delivery.shutdown_grace_s,
+        )
+    finally:
+        repeats.flush()
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """Print the settings the service would run with; 2 if the config is invalid."""
+    source = args.config or "embedded default"
+    try:
+        if args.config:
+            config = load_config(args.config)
+        else:
+            config = embedded_config(write_secrets=False)
+    except ConfigError as exc:
+        for problem in str(exc).splitlines():
+            print(f"{source}: {problem}", file=sys.stderr)
+        return 2
+
+    print(f"{config.source}: valid")
+    if not args.config and not EMBEDDED_SECRETS_FILE.exists():
+        print(f"(the secrets do not exist yet; serve generates {EMBEDDED_SECRETS_FILE})")
+    print(config_report.summary_line(config))
+    print()
+    print("\n".join(config_report.settings_lines(config)))
+    for warning in config_report.warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -69,6 +111,7 @@ def _clients_create(args: argparse.Namespace) -> int:
     if not args.name.strip() or len(args.name) > 200:
         raise ConfigError("NAME must be 1 to 200 characters")
     config = _load(args.config)
+    _configure_logging(config, args)
     print(json.dumps(asyncio.run(_create_client(config, args.name))))
     return 0
 
@@ -80,15 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="lowest level of log lines written to standard error (default: INFO)",
+        choices=LOG_LEVELS,
+        help=(
+            "lowest level of log lines written to standard error "
+            "(default: logging.level of the config, which defaults to INFO)"
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP API and the dispatcher")
     serve.add_argument("--config", metavar="PATH", help=_CONFIG_HELP)
     serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration and print what the service would run with",
+        description=(
+            "Validate the configuration as `webhooks serve` would, environment "
+            "variables included, and print every setting with tokens, secrets "
+            "and keys hidden. Exits 2 with one line per problem when it is "
+            "invalid, and writes no file."
+        ),
+    )
+    check.add_argument("--config", metavar="PATH", help=_CONFIG_HELP)
+    check.set_defaults(handler=_check_config)
 
     clients = commands.add_parser("clients", help="manage client systems")
     client_commands = clients.add_subparsers(dest="clients_command", required=True)
@@ -109,11 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Until a command has read its config: text at the given level.
+    configure_logging("text", args.log_level or "INFO")
     try:
         return args.handler(args)
     except ConfigError as exc:

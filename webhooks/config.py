@@ -14,6 +14,7 @@ environment variable               configuration key
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tomllib
@@ -36,6 +37,7 @@ ENVIRONMENT_SECRETS = {
 }
 EMBEDDED_DATA_DIR = Path("var")
 EMBEDDED_SECRETS_FILE = EMBEDDED_DATA_DIR / "secrets.toml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(Exception):
@@ -116,6 +118,12 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+    format: str = "text"  # "text" for people, "json" for one object per line
+    level: str = "INFO"  # lowest level written: DEBUG, INFO, WARNING or ERROR
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -125,6 +133,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     scores: ScoresConfig = field(default_factory=ScoresConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "embedded default"  # the file this came from, for the logs
 
     @property
@@ -223,6 +232,11 @@ class _LimitsSchema(_Section):
     burst = fields.Integer(strict=True, validate=validate.Range(min=1))
 
 
+class _LoggingSchema(_Section):
+    format = fields.String(validate=validate.OneOf(["text", "json"]))
+    level = fields.String(validate=validate.OneOf(LOG_LEVELS))
+
+
 class _ConfigSchema(_Section):
     server = fields.Nested(_ServerSchema)
     store = fields.Nested(_StoreSchema)
@@ -231,6 +245,7 @@ class _ConfigSchema(_Section):
     security = fields.Nested(_SecuritySchema)
     delivery = fields.Nested(_DeliverySchema)
     scores = fields.Nested(_ScoresSchema)
+    logging = fields.Nested(_LoggingSchema)
     limits = fields.Nested(_LimitsSchema)
 
 
@@ -306,6 +321,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         delivery=DeliveryConfig(**_dataclass_fields(data.get("delivery", {}))),
         scores=ScoresConfig(**_dataclass_fields(data.get("scores", {}))),
         limits=LimitsConfig(**_dataclass_fields(data.get("limits", {}))),
+        logging=LoggingConfig(**_dataclass_fields(data.get("logging", {}))),
         source=source,
     )
 
@@ -323,12 +339,11 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
     return _build(raw, source=str(path))
 
 
-def _load_or_create_embedded_secrets(path: Path) -> dict[str, Any]:
+def _load_or_create_embedded_secrets(path: Path, write: bool = True) -> dict[str, Any]:
     if path.exists():
         with open(path, "rb") as file:
             return tomllib.load(file)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     secrets = {
         "backend": {
             "token": credentials.new_token(),
@@ -337,6 +352,9 @@ def _load_or_create_embedded_secrets(path: Path) -> dict[str, Any]:
         "admin": {"token": credentials.new_token()},
         "security": {"master_key": credentials.new_master_key()},
     }
+    if not write:
+        return secrets
+    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Generated once by `webhooks serve`; keep this file private."]
     for section, values in secrets.items():
         lines.append(f"[{section}]")
@@ -349,15 +367,34 @@ def _load_or_create_embedded_secrets(path: Path) -> dict[str, Any]:
 
 
 def embedded_config(
-    data_dir: Path = EMBEDDED_DATA_DIR, environ: Mapping[str, str] = os.environ
+    data_dir: Path = EMBEDDED_DATA_DIR,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    write_secrets: bool = True,
 ) -> Config:
     """Return the no-file default: SQLite under ``data_dir``, loopback, plain http.
 
     Tokens and keys not given in the environment are generated once and kept
-    in ``data_dir/secrets.toml``, readable only by its owner.
+    in ``data_dir/secrets.toml``, readable only by its owner. With
+    ``write_secrets`` false, missing ones are generated but not kept.
     """
-    raw = _load_or_create_embedded_secrets(data_dir / "secrets.toml")
+    raw = _load_or_create_embedded_secrets(data_dir / "secrets.toml", write_secrets)
     raw["store"] = {"url": f"sqlite:///{data_dir / 'webhooks.sqlite3'}"}
     raw["delivery"] = {"allow_http": True, "allow_private_networks": True}
     _apply_environment(raw, environ)
     return _build(raw, source=f"embedded default ({data_dir}/)")
+
+
+def toml_sections(config: Config) -> dict[str, dict[str, Any]]:
+    """Return the settings by TOML section and key, as a file would spell them."""
+    toml_keys = {field_name: key for key, field_name in _FIELD_NAMES.items()}
+    sections: dict[str, dict[str, Any]] = {}
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        sections[section.name] = {
+            toml_keys.get(item.name, item.name): getattr(value, item.name)
+            for item in dataclasses.fields(value)
+        }
+    return sections
