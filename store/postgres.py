@@ -334,6 +334,66 @@ class _PostgresTransaction(_Reads):
         return int(status.split()[-1])
 
 
+_DUE_SQL = """
+    SELECT id, host, lease_expires_at, next_attempt_at FROM deliveries
+    WHERE status = 'pending' AND next_attempt_at <= $1
+      AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
+    ORDER BY next_attempt_at LIMIT $2
+    FOR UPDATE SKIP LOCKED
+"""
+
+# Walks the distinct hosts with pending rows, one index seek each, and takes
+# the oldest due rows of each host that is not skipped.
+_DUE_BY_HOST_SQL = """
+    WITH RECURSIVE hosts(host) AS (
+        (SELECT host FROM deliveries WHERE status = 'pending' ORDER BY host LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.host FROM deliveries AS d
+                WHERE d.status = 'pending' AND d.host > hosts.host
+                ORDER BY d.host LIMIT 1)
+        FROM hosts WHERE hosts.host IS NOT NULL
+    ),
+    allowed AS MATERIALIZED (
+        SELECT host FROM hosts
+        WHERE host IS NOT NULL AND NOT (host = ANY($2::text[]))
+    )
+    SELECT due.id, due.host, due.lease_expires_at, due.next_attempt_at
+    FROM allowed CROSS JOIN LATERAL (
+        SELECT id, host, lease_expires_at, next_attempt_at FROM deliveries
+        WHERE status = 'pending' AND host = allowed.host AND next_attempt_at <= $1
+          AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
+        ORDER BY next_attempt_at LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    ORDER BY due.next_attempt_at LIMIT $4
+"""
+
+
+async def _due_candidates(
+    connection: asyncpg.Connection,
+    now: datetime,
+    limit: int,
+    per_host_limit: int,
+    host_limits: Mapping[str, int],
+) -> list[asyncpg.Record]:
+    """Return due, unleased rows for a claim to choose from, oldest first.
+
+    The oldest due rows usually fill the claim. When they do not because
+    their hosts are skipped or at their limit, and more due rows may lie
+    behind them, the hosts are walked one by one instead. That keeps a claim
+    cheap however many due rows a skipped host has.
+    """
+    window = limit * _CLAIM_LOOKAHEAD
+    found = await connection.fetch(_DUE_SQL, now, window)
+    if len(found) < window:
+        return found
+    if len(rows.choose_per_host(found, limit, per_host_limit, host_limits)) == limit:
+        return found
+    skipped = [host for host, remaining in host_limits.items() if remaining <= 0]
+    per_host = min(limit, max([per_host_limit, *host_limits.values()]))
+    return await connection.fetch(_DUE_BY_HOST_SQL, now, skipped, per_host, window)
+
+
 def _encode_cursor(created_at: datetime, delivery_id: str) -> str:
     raw = json.dumps([created_at.isoformat(), delivery_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -535,20 +595,11 @@ class PostgresStore(_Reads):
     ) -> list[DeliveryRecord]:
         if limit <= 0:
             return []
-        excluded = [host for host, remaining in host_limits.items() if remaining <= 0]
         # SKIP LOCKED passes over rows that another process is claiming right
         # now; the candidates this claim does not take are unlocked at commit.
         async with self._pool.acquire() as connection, connection.transaction():
-            candidates = await connection.fetch(
-                """SELECT id, host, lease_expires_at FROM deliveries
-                   WHERE status = 'pending' AND next_attempt_at <= $1
-                     AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
-                     AND NOT (host = ANY($2::text[]))
-                   ORDER BY next_attempt_at LIMIT $3
-                   FOR UPDATE SKIP LOCKED""",
-                now,
-                excluded,
-                limit * _CLAIM_LOOKAHEAD,
+            candidates = await _due_candidates(
+                connection, now, limit, per_host_limit, host_limits
             )
             chosen = rows.choose_per_host(candidates, limit, per_host_limit, host_limits)
             if not chosen:

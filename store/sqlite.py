@@ -351,6 +351,67 @@ async def _roll_back(db: aiosqlite.Connection) -> None:
         log.exception("rolling back a failed commit failed", extra={"event": "rollback_failed"})
 
 
+_DUE_SQL = """
+    SELECT id, host, lease_expires_at, next_attempt_at FROM deliveries
+    WHERE status = 'pending' AND next_attempt_at <= ?
+      AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+    ORDER BY next_attempt_at LIMIT ?
+"""
+
+# Walks the distinct hosts with pending rows, one index seek each, and takes
+# the oldest due rows of each host that is not skipped.
+_DUE_BY_HOST_SQL = """
+    WITH RECURSIVE hosts(host) AS (
+        SELECT (SELECT host FROM deliveries WHERE status = 'pending'
+                ORDER BY host LIMIT 1)
+        UNION ALL
+        SELECT (SELECT host FROM deliveries
+                WHERE status = 'pending' AND host > hosts.host
+                ORDER BY host LIMIT 1)
+        FROM hosts WHERE hosts.host IS NOT NULL
+    ),
+    allowed(host) AS MATERIALIZED (
+        SELECT host FROM hosts
+        WHERE host IS NOT NULL AND host NOT IN (SELECT value FROM json_each(?))
+    )
+    SELECT due.id, due.host, due.lease_expires_at, due.next_attempt_at
+    FROM allowed JOIN deliveries AS due ON due.id IN (
+        SELECT id FROM deliveries
+        WHERE status = 'pending' AND host = allowed.host AND next_attempt_at <= ?
+          AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+        ORDER BY next_attempt_at LIMIT ?
+    )
+    ORDER BY due.next_attempt_at LIMIT ?
+"""
+
+
+async def _due_candidates(
+    transaction: _SqliteTransaction,
+    now: float | None,
+    limit: int,
+    per_host_limit: int,
+    host_limits: Mapping[str, int],
+) -> list[Any]:
+    """Return due, unleased rows for a claim to choose from, oldest first.
+
+    The oldest due rows usually fill the claim. When they do not because
+    their hosts are skipped or at their limit, and more due rows may lie
+    behind them, the hosts are walked one by one instead. That keeps a claim
+    cheap however many due rows a skipped host has.
+    """
+    window = limit * _CLAIM_LOOKAHEAD
+    found = await transaction._all(_DUE_SQL, (now, now, window))
+    if len(found) < window:
+        return found
+    if len(rows.choose_per_host(found, limit, per_host_limit, host_limits)) == limit:
+        return found
+    skipped = [host for host, remaining in host_limits.items() if remaining <= 0]
+    per_host = min(limit, max([per_host_limit, *host_limits.values()]))
+    return await transaction._all(
+        _DUE_BY_HOST_SQL, (json.dumps(skipped), now, now, per_host, window)
+    )
+
+
 def _encode_cursor(created_at: float, delivery_id: str) -> str:
     raw = json.dumps([created_at, delivery_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -425,8 +486,8 @@ class SqliteStore(_Reads):
         savepoint, and one COMMIT (one fsync) ends them all. A body that
         raises rolls back to its savepoint, so only its own writes are lost.
         The context exits only after the group's COMMIT, so a caller that
-        got through has its writes on disk; if the COMMIT fails, every
-        member raises StoreError and the whole group is rolled back.
+        got through has its writes on disk. If the COMMIT fails, the whole
+        group is rolled back and every member raises StoreError.
         """
         async with self._write_lock:
             group = self._group
@@ -571,17 +632,9 @@ class SqliteStore(_Reads):
     ) -> list[DeliveryRecord]:
         if limit <= 0:
             return []
-        excluded = [host for host, remaining in host_limits.items() if remaining <= 0]
-        marks = ",".join("?" * len(excluded))
-        exclusion = f"AND host NOT IN ({marks})" if excluded else ""
         async with self.transaction() as transaction:
-            candidates = await transaction._all(
-                f"""SELECT id, host, lease_expires_at FROM deliveries
-                    WHERE status = 'pending' AND next_attempt_at <= ?
-                      AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
-                      {exclusion}
-                    ORDER BY next_attempt_at LIMIT ?""",
-                (_to_db(now), _to_db(now), *excluded, limit * _CLAIM_LOOKAHEAD),
+            candidates = await _due_candidates(
+                transaction, _to_db(now), limit, per_host_limit, host_limits
             )
             chosen = rows.choose_per_host(candidates, limit, per_host_limit, host_limits)
             if not chosen:

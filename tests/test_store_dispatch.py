@@ -163,6 +163,40 @@ async def test_claims_of_two_postgres_stores_never_share(
     assert len(set(claimed)) == 200
 
 
+async def test_claim_passes_skipped_host_backlog(store: Store) -> None:
+    backlog = [_delivery("dead.test:443") for _ in range(2000)]
+    async with store.transaction() as transaction:
+        await transaction.insert_deliveries(backlog)
+    await asyncio.sleep(0.01)
+    live = [_delivery(f"live{n}.test:443") for n in range(3)]
+    async with store.transaction() as transaction:
+        await transaction.insert_deliveries(live)
+
+    skipped = await _claim(store, "node-a", 10, host_limits={"dead.test:443": 0})
+    probe = await _claim(store, "node-b", 10, host_limits={"dead.test:443": 1})
+
+    assert {delivery.id for delivery in skipped} == {delivery.id for delivery in live}
+    assert len(probe) == 1
+    assert probe[0].host == "dead.test:443"
+
+
+async def test_claim_walks_hosts_oldest_first(store: Store) -> None:
+    busy = [_delivery("busy.test:443") for _ in range(100)]
+    async with store.transaction() as transaction:
+        await transaction.insert_deliveries(busy)
+    await asyncio.sleep(0.01)
+    others = [_delivery(f"other{n}.test:443") for n in range(12)]
+    for delivery in others:
+        async with store.transaction() as transaction:
+            await transaction.insert_delivery(delivery)
+
+    claimed = await _claim(store, "node-a", 5, host_limits={"busy.test:443": 1})
+
+    assert len(claimed) == 5
+    assert [delivery.host for delivery in claimed][0] == "busy.test:443"
+    assert [delivery.id for delivery in claimed[1:]] == [d.id for d in others[:4]]
+
+
 async def test_failed_outcome_batch_rolls_back_every_outcome(store: Store) -> None:
     async with store.transaction() as transaction:
         await transaction.insert_deliveries([_delivery() for _ in range(3)])
