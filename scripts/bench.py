@@ -750,7 +750,8 @@ class Bench:
             return {"share_of_throughput": sizes.heavy_load_share, **figures}
 
         await self.scenario("latency_light", light)
-        await self.scenario("latency_heavy", heavy)
+        if "delivery_throughput" in self.results:
+            await self.scenario("latency_heavy", heavy)
 
     async def isolation(self) -> dict[str, Any]:
         sizes = self.sizes
@@ -979,11 +980,17 @@ class Bench:
         await self.start_service()
         await self.create_bench_client(config_path)
         await self.configure_receivers()
-        await self.submission_and_throughput()
-        await self.latencies()
-        await self.scenario("recovery", lambda: self.recovery(store_url))
-        await self.scenario("isolation", self.isolation)
-        await self.scenario("backlog", self.backlog)
+        chosen = self.args.only
+        if chosen is None or chosen & {"submission", "delivery_throughput"}:
+            await self.submission_and_throughput()
+        if chosen is None or chosen & {"latency_light", "latency_heavy"}:
+            await self.latencies()
+        if chosen is None or "recovery" in chosen:
+            await self.scenario("recovery", lambda: self.recovery(store_url))
+        if chosen is None or "isolation" in chosen:
+            await self.scenario("isolation", self.isolation)
+        if chosen is None or "backlog" in chosen:
+            await self.scenario("backlog", self.backlog)
 
 
 def _webhook_body(correlation_id: str) -> bytes:
@@ -1230,6 +1237,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(ROWS),
         help="end the run after this scenario, for profiling one of them",
     )
+    parser.add_argument(
+        "--only",
+        type=_scenario_names,
+        metavar="NAME[,NAME...]",
+        help="run only these scenarios after the ceiling; latency_heavy needs "
+        "delivery_throughput, which needs submission (default: all)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument(
         "--keep", action="store_true", help="keep the run's folder of logs and stores"
@@ -1246,6 +1260,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="py-spy output format (default: flamegraph, an SVG)",
     )
     return parser
+
+
+def _scenario_names(text: str) -> set[str]:
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = names - set(ROWS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(ROWS)}"
+        )
+    if "latency_heavy" in names:
+        names.add("delivery_throughput")
+    if "delivery_throughput" in names:
+        names.add("submission")
+    return names
 
 
 def disturbed_scenarios(results: dict[str, Any]) -> list[str]:
