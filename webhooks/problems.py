@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from webhooks.resource_schemas import ProblemDocument
+
 log = logging.getLogger("webhooks.http")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -93,10 +95,13 @@ class TooManyRequests(Problem):
     status, slug, title = 429, "rate-limited", "Too many requests"
 
 
+_PROBLEM_DOCUMENT = ProblemDocument()
+
+
 def problem_response(problem: Problem) -> web.Response:
     return web.Response(
         status=problem.status,
-        body=json.dumps(problem.to_dict()).encode(),
+        body=json.dumps(_PROBLEM_DOCUMENT.dump(problem.to_dict())).encode(),
         content_type=PROBLEM_CONTENT_TYPE,
         headers=problem.headers,
     )
