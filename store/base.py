@@ -16,6 +16,12 @@ from typing import Protocol
 
 from store.records import (
     AttemptOutcome,
+    Audience,
+    CallbackOrigin,
+    DeliveryStatus,
+    ErasureRecord,
+    ReceiverHealth,
+    TimelineEntry,
     AttemptRecord,
     ClientRecord,
     ComputationRecord,
@@ -105,6 +111,14 @@ class Transaction(Protocol):
         self, correlation_ids: Sequence[str], event_type: str, now: datetime
     ) -> int: ...
 
+    async def add_timeline_entries(self, entries: Sequence[TimelineEntry]) -> None: ...
+
+    async def mark_fetched(self, correlation_ids: Sequence[str], at: datetime) -> None:
+        """Set ``fetched_at`` on the completed requests that have none yet."""
+
+    async def requests_with_score(self, client_id: str, score_id: str) -> list[str]:
+        """Return the correlation IDs of the client's requests answered by a score."""
+
 
 class Store(Protocol):
     kind: str  # "sqlite" or "postgresql"
@@ -181,11 +195,22 @@ class Store(Protocol):
         previous lease had expired comes back with ``took_over_expired_lease``.
         """
 
-    async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
+    async def record_outcomes(
+        self,
+        owner: str,
+        outcomes: Sequence[AttemptOutcome],
+        *,
+        release_interval_s: float = 0.1,
+        release_batch: int = 100,
+    ) -> None:
         """Store attempts and their deliveries' new state, and release the leases.
 
         An outcome whose lease ``owner`` no longer holds still stores its
-        attempt but leaves the delivery to its new holder.
+        attempt but leaves the delivery to its new holder. An outcome with a
+        ``client_id`` also updates that receiver's health, and on success
+        marks its request delivered and releases up to ``release_batch``
+        held deliveries to the same client and host, oldest first, due
+        ``release_interval_s`` apart.
         """
 
     async def postpone_delivery(
@@ -226,8 +251,88 @@ class Store(Protocol):
 
     async def list_attempts(self, delivery_id: str) -> list[AttemptRecord]: ...
 
-    async def replay_deliveries(self, delivery_ids: Sequence[str], now: datetime) -> list[str]:
-        """Make failed or delivered deliveries due now with a fresh attempt budget.
+    async def replay_deliveries(
+        self,
+        delivery_ids: Sequence[str],
+        now: datetime,
+        statuses: Sequence[DeliveryStatus] = (
+            DeliveryStatus.FAILED,
+            DeliveryStatus.DELIVERED,
+            DeliveryStatus.HELD,
+        ),
+    ) -> list[str]:
+        """Make deliveries in one of ``statuses`` due now with a fresh attempt budget.
 
-        Returns the IDs replayed; pending and cancelled ones are left alone.
+        Returns the IDs replayed; the others are left alone.
         """
+
+    async def count_deliveries(self, filter: DeliveryFilter) -> int: ...
+
+    # Held deliveries and receiver health
+
+    async def hold_delivery(
+        self, delivery_id: str, owner: str, held_until: datetime, reason: str
+    ) -> None:
+        """Hold a leased delivery without an attempt, as a refused handshake does."""
+
+    async def release_held_deliveries(
+        self, client_id: str, host: str, now: datetime, interval_s: float, limit: int
+    ) -> int:
+        """Make held deliveries to a client's host due again, oldest first, spaced out."""
+
+    async def fail_expired_held(self, now: datetime, limit: int) -> int:
+        """Turn held deliveries past their ``held_until`` into failed ones."""
+
+    async def get_receiver_health(self, client_id: str, host: str) -> ReceiverHealth | None: ...
+
+    async def list_receiver_health(self, client_id: str) -> list[ReceiverHealth]: ...
+
+    # Timelines and fetch tracking
+
+    async def list_timeline(
+        self, correlation_id: str, audience: Audience | None
+    ) -> list[TimelineEntry]:
+        """Return the request's steps in order; ``audience=None`` returns them all."""
+
+    async def list_unfetched_requests(
+        self, delivered_before: datetime, limit: int, cursor: str | None
+    ) -> tuple[list[ScoreRequestRecord], str | None]:
+        """Return requests delivered before a time and never read, and a next cursor."""
+
+    async def count_unfetched_requests(self, delivered_before: datetime) -> int: ...
+
+    # Callback handshakes
+
+    async def get_callback_origin(self, client_id: str, origin: str) -> CallbackOrigin | None: ...
+
+    async def save_callback_origin(self, record: CallbackOrigin) -> None: ...
+
+    # Retention and erasure
+
+    async def delete_expired(
+        self,
+        *,
+        scores_before: datetime,
+        requests_before: datetime,
+        idempotency_before: datetime,
+        limit: int,
+    ) -> dict[str, int]:
+        """Delete or scrub up to ``limit`` rows per kind; return the counts per kind.
+
+        Scores whose ``valid_until`` is before ``scores_before`` go. Requests
+        completed before ``requests_before`` lose their metadata and timeline
+        entries, unless a delivery of theirs is still pending or held.
+        """
+
+    async def erase_customer(
+        self, client_id: str, customer_id: str, erasure: ErasureRecord
+    ) -> dict[str, int]:
+        """Remove every trace of one customer of one client and store the audit record.
+
+        Scores, metadata, idempotency records and timeline entries are
+        deleted, pending and held deliveries cancelled, and the customer ID
+        in the remaining rows and payloads is replaced by
+        ``erasure.customer_hash``. Returns the rows changed per table.
+        """
+
+    async def list_erasures(self, client_id: str) -> list[ErasureRecord]: ...

@@ -24,6 +24,12 @@ from store import rows
 from store.base import MigrationError, StoreError, UniqueViolation
 from store.records import (
     AttemptOutcome,
+    Audience,
+    CallbackOrigin,
+    DeliveryStatus,
+    ErasureRecord,
+    ReceiverHealth,
+    TimelineEntry,
     AttemptRecord,
     ClientRecord,
     ComputationRecord,
@@ -334,6 +340,149 @@ class _PostgresTransaction(_Reads):
         return int(status.split()[-1])
 
 
+    async def add_timeline_entries(self, entries: Sequence[TimelineEntry]) -> None:
+        await self._db.executemany(
+            """INSERT INTO timeline_entries (correlation_id, at, step, audience, detail)
+               VALUES ($1, $2, $3, $4, $5)""",
+            [_timeline_params(entry) for entry in entries],
+        )
+
+    async def mark_fetched(self, correlation_ids: Sequence[str], at: datetime) -> None:
+        await self._db.execute(
+            """UPDATE score_requests SET fetched_at = $1
+               WHERE correlation_id = ANY($2::text[]) AND fetched_at IS NULL
+                 AND status != 'pending'""",
+            at,
+            list(correlation_ids),
+        )
+
+    async def requests_with_score(self, client_id: str, score_id: str) -> list[str]:
+        found = await self._db.fetch(
+            """SELECT correlation_id FROM score_requests
+               WHERE client_id = $1 AND score_id = $2 ORDER BY correlation_id""",
+            client_id,
+            score_id,
+        )
+        return [row["correlation_id"] for row in found]
+
+
+def _timeline_params(entry: TimelineEntry) -> tuple[Any, ...]:
+    detail = json.dumps(entry.detail, separators=(",", ":")) if entry.detail else None
+    return (entry.correlation_id, entry.at, entry.step, entry.audience.value, detail)
+
+
+def _delivery_conditions(
+    filter: DeliveryFilter, params: list[Any]
+) -> list[str]:
+    """Return the conditions that select ``filter``'s deliveries, adding to ``params``."""
+    conditions: list[str] = []
+
+    def condition(template: str, value: Any) -> None:
+        params.append(value)
+        conditions.append(template.format(f"${len(params)}"))
+
+    if filter.status is not None:
+        condition("status = {}", filter.status.value)
+    if filter.client_id is not None:
+        condition("client_id = {}", filter.client_id)
+    if filter.event_type is not None:
+        condition("event_type = {}", filter.event_type)
+    if filter.host is not None:
+        condition("host = {}", filter.host)
+    if filter.since is not None:
+        condition("created_at >= {}", filter.since)
+    if filter.until is not None:
+        condition("created_at < {}", filter.until)
+    if filter.delivery_ids:
+        condition("id = ANY({}::text[])", list(filter.delivery_ids))
+    return conditions
+
+
+async def _record_receiver_outcome(
+    connection: asyncpg.Connection,
+    outcome: AttemptOutcome,
+    release_interval_s: float,
+    release_batch: int,
+) -> bool:
+    """Update a receiver's health; on success mark the request and release held ones.
+
+    Returns whether held deliveries were released.
+    """
+    at = outcome.attempt.started_at
+    if outcome.status is not DeliveryStatus.DELIVERED:
+        await connection.execute(
+            """INSERT INTO receiver_health
+               (client_id, host, failing_since, last_error, last_error_at)
+               VALUES ($1, $2, $3, $4, $3)
+               ON CONFLICT (client_id, host) DO UPDATE
+               SET failing_since = COALESCE(receiver_health.failing_since,
+                                            excluded.failing_since),
+                   last_error = excluded.last_error,
+                   last_error_at = excluded.last_error_at""",
+            outcome.client_id,
+            outcome.host,
+            at,
+            outcome.attempt.error or f"HTTP {outcome.attempt.status_code}",
+        )
+        return False
+
+    await connection.execute(
+        """INSERT INTO receiver_health (client_id, host, last_success_at)
+           VALUES ($1, $2, $3)
+           ON CONFLICT (client_id, host) DO UPDATE
+           SET failing_since = NULL, last_success_at = excluded.last_success_at""",
+        outcome.client_id,
+        outcome.host,
+        at,
+    )
+    if outcome.correlation_id is not None:
+        await connection.execute(
+            """UPDATE score_requests SET delivered_at = $1
+               WHERE correlation_id = $2 AND delivered_at IS NULL""",
+            at,
+            outcome.correlation_id,
+        )
+    assert outcome.client_id is not None and outcome.host is not None
+    released = await _release_held(
+        connection, outcome.client_id, outcome.host, at, release_interval_s, release_batch
+    )
+    return released > 0
+
+
+async def _release_held(
+    connection: asyncpg.Connection,
+    client_id: str,
+    host: str,
+    now: datetime,
+    interval_s: float,
+    limit: int,
+) -> int:
+    """Make held deliveries due again, oldest first, ``interval_s`` apart."""
+    held = await connection.fetch(
+        """SELECT id FROM deliveries
+           WHERE status = 'held' AND client_id = $1 AND host = $2
+           ORDER BY created_at, id LIMIT $3
+           FOR UPDATE SKIP LOCKED""",
+        client_id,
+        host,
+        limit,
+    )
+    found = await connection.fetch(
+        """UPDATE deliveries
+           SET status = 'pending', attempts_in_round = 0, held_until = NULL,
+               next_attempt_at = $1::timestamptz
+                   + (ordered.position - 1) * make_interval(secs => $2::float8),
+               updated_at = $1
+           FROM unnest($3::text[]) WITH ORDINALITY AS ordered (id, position)
+           WHERE deliveries.id = ordered.id
+           RETURNING deliveries.id""",
+        now,
+        interval_s,
+        [row["id"] for row in held],
+    )
+    return len(found)
+
+
 _DUE_SQL = """
     SELECT id, host, lease_expires_at, next_attempt_at FROM deliveries
     WHERE status = 'pending' AND next_attempt_at <= $1
@@ -621,7 +770,14 @@ class PostgresStore(_Reads):
         ]
         return sorted(deliveries, key=lambda delivery: delivery.next_attempt_at)
 
-    async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
+    async def record_outcomes(
+        self,
+        owner: str,
+        outcomes: Sequence[AttemptOutcome],
+        *,
+        release_interval_s: float = 0.1,
+        release_batch: int = 100,
+    ) -> None:
         now = datetime.now(UTC)
         attempts = [
             (
@@ -644,9 +800,11 @@ class PostgresStore(_Reads):
                 now,
                 o.attempt.delivery_id,
                 owner,
+                o.held_until,
             )
             for o in outcomes
         ]
+        released = False
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.executemany(
                 """INSERT INTO attempts
@@ -662,10 +820,27 @@ class PostgresStore(_Reads):
                        attempt_count = attempt_count + 1,
                        attempts_in_round = attempts_in_round + 1,
                        last_error = $3, last_status_code = $4, updated_at = $5,
-                       lease_owner = NULL, lease_expires_at = NULL
+                       held_until = $8, lease_owner = NULL, lease_expires_at = NULL
                    WHERE id = $6 AND lease_owner = $7 AND status = 'pending'""",
                 updates,
             )
+            entries = [o.timeline for o in outcomes if o.timeline is not None]
+            if entries:
+                await connection.executemany(
+                    """INSERT INTO timeline_entries
+                       (correlation_id, at, step, audience, detail)
+                       VALUES ($1, $2, $3, $4, $5)""",
+                    [_timeline_params(entry) for entry in entries],
+                )
+            for outcome in outcomes:
+                if outcome.client_id is not None and outcome.host is not None:
+                    released |= await _record_receiver_outcome(
+                        connection, outcome, release_interval_s, release_batch
+                    )
+            if released:
+                await connection.execute("SELECT pg_notify($1, '')", NEW_WORK_CHANNEL)
+        if released:
+            self._notify_new_work()
 
     async def postpone_delivery(
         self, delivery_id: str, owner: str, next_attempt_at: datetime, reason: str
@@ -723,25 +898,8 @@ class PostgresStore(_Reads):
     async def list_deliveries(
         self, filter: DeliveryFilter, limit: int, cursor: str | None
     ) -> DeliveryPage:
-        conditions: list[str] = []
         params: list[Any] = []
-
-        def condition(template: str, value: Any) -> None:
-            params.append(value)
-            conditions.append(template.format(f"${len(params)}"))
-
-        if filter.status is not None:
-            condition("status = {}", filter.status.value)
-        if filter.client_id is not None:
-            condition("client_id = {}", filter.client_id)
-        if filter.event_type is not None:
-            condition("event_type = {}", filter.event_type)
-        if filter.since is not None:
-            condition("created_at >= {}", filter.since)
-        if filter.until is not None:
-            condition("created_at < {}", filter.until)
-        if filter.delivery_ids:
-            condition("id = ANY({}::text[])", list(filter.delivery_ids))
+        conditions = _delivery_conditions(filter, params)
         if cursor is not None:
             created_at, delivery_id = _decode_cursor(cursor)
             params.extend([created_at, delivery_id])
@@ -770,23 +928,169 @@ class PostgresStore(_Reads):
         )
         return [rows.attempt(row) for row in found]
 
-    async def replay_deliveries(self, delivery_ids: Sequence[str], now: datetime) -> list[str]:
-        if not delivery_ids:
+    async def replay_deliveries(
+        self,
+        delivery_ids: Sequence[str],
+        now: datetime,
+        statuses: Sequence[DeliveryStatus] = (
+            DeliveryStatus.FAILED,
+            DeliveryStatus.DELIVERED,
+            DeliveryStatus.HELD,
+        ),
+    ) -> list[str]:
+        if not delivery_ids or not statuses:
             return []
         async with self.transaction() as transaction:
             found = await transaction._db.fetch(
                 """UPDATE deliveries
-                   SET status = 'pending', attempts_in_round = 0,
+                   SET status = 'pending', attempts_in_round = 0, held_until = NULL,
                        next_attempt_at = $1, updated_at = $1,
                        lease_owner = NULL, lease_expires_at = NULL
-                   WHERE id = ANY($2::text[]) AND status IN ('failed', 'delivered')
+                   WHERE id = ANY($2::text[]) AND status = ANY($3::text[])
                    RETURNING id""",
                 now,
                 list(delivery_ids),
+                [status.value for status in statuses],
             )
             if found:
                 transaction.new_work = True
         return [row["id"] for row in found]
+
+    async def count_deliveries(self, filter: DeliveryFilter) -> int:
+        params: list[Any] = []
+        conditions = _delivery_conditions(filter, params)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        return await self._pool.fetchval(f"SELECT COUNT(*) FROM deliveries {where}", *params)
+
+    # Held deliveries and receiver health
+
+    async def hold_delivery(
+        self, delivery_id: str, owner: str, held_until: datetime, reason: str
+    ) -> None:
+        await self._pool.execute(
+            """UPDATE deliveries
+               SET status = 'held', held_until = $1, last_error = $2, updated_at = $3,
+                   lease_owner = NULL, lease_expires_at = NULL
+               WHERE id = $4 AND lease_owner = $5 AND status = 'pending'""",
+            held_until,
+            reason,
+            datetime.now(UTC),
+            delivery_id,
+            owner,
+        )
+
+    async def release_held_deliveries(
+        self, client_id: str, host: str, now: datetime, interval_s: float, limit: int
+    ) -> int:
+        async with self.transaction() as transaction:
+            released = await _release_held(
+                transaction._db, client_id, host, now, interval_s, limit
+            )
+            transaction.new_work = released > 0
+        return released
+
+    async def fail_expired_held(self, now: datetime, limit: int) -> int:
+        status = await self._pool.execute(
+            """UPDATE deliveries
+               SET status = 'failed', updated_at = $1, held_until = NULL
+               WHERE id IN (
+                   SELECT id FROM deliveries
+                   WHERE status = 'held' AND held_until <= $1 LIMIT $2
+                   FOR UPDATE SKIP LOCKED)""",
+            now,
+            limit,
+        )
+        return int(status.split()[-1])
+
+    async def get_receiver_health(self, client_id: str, host: str) -> ReceiverHealth | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM receiver_health WHERE client_id = $1 AND host = $2",
+            client_id,
+            host,
+        )
+        return None if row is None else rows.receiver_health(row)
+
+    async def list_receiver_health(self, client_id: str) -> list[ReceiverHealth]:
+        found = await self._pool.fetch(
+            "SELECT * FROM receiver_health WHERE client_id = $1 ORDER BY host", client_id
+        )
+        return [rows.receiver_health(row) for row in found]
+
+    # Timelines and fetch tracking
+
+    async def list_timeline(
+        self, correlation_id: str, audience: Audience | None
+    ) -> list[TimelineEntry]:
+        if audience is None:
+            found = await self._pool.fetch(
+                "SELECT * FROM timeline_entries WHERE correlation_id = $1 ORDER BY at, id",
+                correlation_id,
+            )
+        else:
+            found = await self._pool.fetch(
+                """SELECT * FROM timeline_entries
+                   WHERE correlation_id = $1 AND audience = $2 ORDER BY at, id""",
+                correlation_id,
+                audience.value,
+            )
+        return [rows.timeline_entry(row) for row in found]
+
+    async def list_unfetched_requests(
+        self, delivered_before: datetime, limit: int, cursor: str | None
+    ) -> tuple[list[ScoreRequestRecord], str | None]:
+        sql = (
+            _SCORE_REQUEST_SELECT
+            + " WHERE r.fetched_at IS NULL AND r.delivered_at IS NOT NULL"
+            " AND r.delivered_at < $1"
+        )
+        params: list[Any] = [delivered_before]
+        if cursor is not None:
+            delivered_at, correlation_id = _decode_cursor(cursor)
+            sql += " AND (r.delivered_at, r.correlation_id) > ($2, $3)"
+            params.extend([delivered_at, correlation_id])
+        params.append(limit + 1)
+        found = await self._pool.fetch(
+            sql + f" ORDER BY r.delivered_at, r.correlation_id LIMIT ${len(params)}",
+            *params,
+        )
+        requests = [rows.score_request(row) for row in found[:limit]]
+        next_cursor = None
+        if len(found) > limit:
+            last = found[limit - 1]
+            next_cursor = _encode_cursor(last["delivered_at"], last["correlation_id"])
+        return requests, next_cursor
+
+    async def count_unfetched_requests(self, delivered_before: datetime) -> int:
+        return await self._pool.fetchval(
+            """SELECT COUNT(*) FROM score_requests
+               WHERE fetched_at IS NULL AND delivered_at IS NOT NULL
+                 AND delivered_at < $1""",
+            delivered_before,
+        )
+
+    # Callback handshakes
+
+    async def get_callback_origin(self, client_id: str, origin: str) -> CallbackOrigin | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM callback_origins WHERE client_id = $1 AND origin = $2",
+            client_id,
+            origin,
+        )
+        return None if row is None else rows.callback_origin(row)
+
+    async def save_callback_origin(self, record: CallbackOrigin) -> None:
+        await self._pool.execute(
+            """INSERT INTO callback_origins (client_id, origin, allowed, reason, checked_at)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (client_id, origin) DO UPDATE
+               SET allowed = excluded.allowed, reason = excluded.reason,
+                   checked_at = excluded.checked_at""",
+            record.client_id,
+            record.origin,
+            record.allowed,
+            record.reason,
+            record.checked_at,
+        )
 
 
 async def _migrate(connection: asyncpg.Connection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class RequestStatus(StrEnum):
@@ -18,6 +19,12 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    HELD = "held"  # the schedule ran out while the receiver was down throughout
+
+
+class Audience(StrEnum):
+    CLIENT = "client"  # shown to the client that owns the request
+    OPERATOR = "operator"  # shown to operators only, such as the backend's side
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +72,8 @@ class ScoreRequestRecord:
     computation_id: str | None = None
     score: ScoreRecord | None = None
     failure_reason: str | None = None
+    delivered_at: datetime | None = None  # first webhook the receiver accepted
+    fetched_at: datetime | None = None  # first read of the result by the client
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +122,7 @@ class DeliveryRecord:
     # Set by claim_due_deliveries when the claim took over a lease that had
     # expired, because the process holding it died or stalled.
     took_over_expired_lease: bool = False
+    held_until: datetime | None = None  # when a held delivery becomes failed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,12 +137,59 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TimelineEntry:
+    correlation_id: str
+    at: datetime
+    step: str  # a stable snake_case name, such as "webhook_attempt"
+    audience: Audience
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiverHealth:
+    client_id: str
+    host: str
+    failing_since: datetime | None  # first failure after the last success
+    last_error: str | None
+    last_error_at: datetime | None
+    last_success_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallbackOrigin:
+    client_id: str
+    origin: str  # scheme://host:port
+    allowed: bool
+    reason: str | None  # why the handshake failed
+    checked_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErasureRecord:
+    id: str
+    client_id: str
+    customer_hash: str  # keyed hash; the customer ID itself is not kept
+    requested_by: str
+    erased_at: datetime
+    rows_changed: int
+    detail: dict[str, int]  # rows changed per table
+
+
+@dataclass(frozen=True, kw_only=True)
 class AttemptOutcome:
     """The result of one attempt and what becomes of the delivery after it."""
 
     attempt: AttemptRecord
-    status: DeliveryStatus  # PENDING for a retry, DELIVERED or FAILED when final
+    status: DeliveryStatus  # PENDING for a retry; DELIVERED, FAILED or HELD
     next_attempt_at: datetime | None = None  # when status is PENDING
+    held_until: datetime | None = None  # when status is HELD
+    timeline: TimelineEntry | None = None  # the attempt as a step of its request
+    # For a client's delivery: the receiver's health is updated, and on
+    # success the request counts as delivered and held deliveries to the
+    # same host are released.
+    client_id: str | None = None
+    host: str | None = None
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +200,7 @@ class DeliveryFilter:
     since: datetime | None = None  # created at or after
     until: datetime | None = None  # created before
     delivery_ids: tuple[str, ...] = ()
+    host: str | None = None  # the receiver's host:port
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from store.records import (
     AttemptRecord,
+    Audience,
+    CallbackOrigin,
+    ErasureRecord,
+    ReceiverHealth,
+    TimelineEntry,
     ClientRecord,
     ComputationRecord,
     DeliveryRecord,
@@ -83,6 +89,8 @@ def score_request(row: Row) -> ScoreRequestRecord:
         computation_id=row["computation_id"],
         score=score_record,
         failure_reason=row["failure_reason"],
+        delivered_at=time(row["delivered_at"]),
+        fetched_at=time(row["fetched_at"]),
     )
 
 
@@ -106,6 +114,7 @@ def delivery(row: Row) -> DeliveryRecord:
         last_status_code=row["last_status_code"],
         created_at=_required(row["created_at"]),
         updated_at=_required(row["updated_at"]),
+        held_until=time(row["held_until"]),
     )
 
 
@@ -120,6 +129,49 @@ def attempt(row: Row) -> AttemptRecord:
         response_excerpt=row["response_excerpt"],
     )
 
+
+
+def timeline_entry(row: Row) -> TimelineEntry:
+    return TimelineEntry(
+        correlation_id=row["correlation_id"],
+        at=_required(row["at"]),
+        step=row["step"],
+        audience=Audience(row["audience"]),
+        detail=json.loads(row["detail"]) if row["detail"] else None,
+    )
+
+
+def receiver_health(row: Row) -> ReceiverHealth:
+    return ReceiverHealth(
+        client_id=row["client_id"],
+        host=row["host"],
+        failing_since=time(row["failing_since"]),
+        last_error=row["last_error"],
+        last_error_at=time(row["last_error_at"]),
+        last_success_at=time(row["last_success_at"]),
+    )
+
+
+def callback_origin(row: Row) -> CallbackOrigin:
+    return CallbackOrigin(
+        client_id=row["client_id"],
+        origin=row["origin"],
+        allowed=bool(row["allowed"]),
+        reason=row["reason"],
+        checked_at=_required(row["checked_at"]),
+    )
+
+
+def erasure(row: Row) -> ErasureRecord:
+    return ErasureRecord(
+        id=row["id"],
+        client_id=row["client_id"],
+        customer_hash=row["customer_hash"],
+        requested_by=row["requested_by"],
+        erased_at=_required(row["erased_at"]),
+        rows_changed=row["rows_changed"],
+        detail=json.loads(row["detail"]) if row["detail"] else {},
+    )
 
 
 def choose_per_host(

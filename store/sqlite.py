@@ -25,6 +25,11 @@ from store import rows
 from store.base import MigrationError, StoreError, UniqueViolation
 from store.records import (
     AttemptOutcome,
+    Audience,
+    CallbackOrigin,
+    ErasureRecord,
+    ReceiverHealth,
+    TimelineEntry,
     AttemptRecord,
     ClientRecord,
     ComputationRecord,
@@ -336,6 +341,140 @@ class _SqliteTransaction(_Reads):
         return cursor.rowcount
 
 
+    async def add_timeline_entries(self, entries: Sequence[TimelineEntry]) -> None:
+        await self._db.executemany(
+            """INSERT INTO timeline_entries (correlation_id, at, step, audience, detail)
+               VALUES (?, ?, ?, ?, ?)""",
+            [_timeline_params(entry) for entry in entries],
+        )
+
+    async def mark_fetched(self, correlation_ids: Sequence[str], at: datetime) -> None:
+        marks = ",".join("?" * len(correlation_ids))
+        await self._db.execute(
+            f"""UPDATE score_requests SET fetched_at = ?
+                WHERE correlation_id IN ({marks}) AND fetched_at IS NULL
+                  AND status != 'pending'""",
+            (_to_db(at), *correlation_ids),
+        )
+
+    async def requests_with_score(self, client_id: str, score_id: str) -> list[str]:
+        found = await self._all(
+            """SELECT correlation_id FROM score_requests
+               WHERE client_id = ? AND score_id = ? ORDER BY correlation_id""",
+            (client_id, score_id),
+        )
+        return [row["correlation_id"] for row in found]
+
+
+def _delivery_conditions(filter: DeliveryFilter) -> tuple[str, list[Any]]:
+    """Return the WHERE clause and its parameters that select ``filter``'s deliveries."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if filter.status is not None:
+        conditions.append("status = ?")
+        params.append(filter.status.value)
+    if filter.client_id is not None:
+        conditions.append("client_id = ?")
+        params.append(filter.client_id)
+    if filter.event_type is not None:
+        conditions.append("event_type = ?")
+        params.append(filter.event_type)
+    if filter.host is not None:
+        conditions.append("host = ?")
+        params.append(filter.host)
+    if filter.since is not None:
+        conditions.append("created_at >= ?")
+        params.append(_to_db(filter.since))
+    if filter.until is not None:
+        conditions.append("created_at < ?")
+        params.append(_to_db(filter.until))
+    if filter.delivery_ids:
+        conditions.append(f"id IN ({','.join('?' * len(filter.delivery_ids))})")
+        params.extend(filter.delivery_ids)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return where, params
+
+
+async def _record_receiver_outcome(
+    transaction: _SqliteTransaction,
+    outcome: AttemptOutcome,
+    release_interval_s: float,
+    release_batch: int,
+) -> None:
+    """Update a receiver's health; on success mark the request and release held ones."""
+    db = transaction._db
+    at = _to_db(outcome.attempt.started_at)
+    if outcome.status is DeliveryStatus.DELIVERED:
+        await db.execute(
+            """INSERT INTO receiver_health (client_id, host, last_success_at)
+               VALUES (?, ?, ?)
+               ON CONFLICT (client_id, host) DO UPDATE
+               SET failing_since = NULL, last_success_at = excluded.last_success_at""",
+            (outcome.client_id, outcome.host, at),
+        )
+        if outcome.correlation_id is not None:
+            await db.execute(
+                """UPDATE score_requests SET delivered_at = ?
+                   WHERE correlation_id = ? AND delivered_at IS NULL""",
+                (at, outcome.correlation_id),
+            )
+        assert outcome.client_id is not None and outcome.host is not None
+        await _release_held(
+            transaction, outcome.client_id, outcome.host, at, release_interval_s, release_batch
+        )
+    else:
+        await db.execute(
+            """INSERT INTO receiver_health
+               (client_id, host, failing_since, last_error, last_error_at)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (client_id, host) DO UPDATE
+               SET failing_since = COALESCE(receiver_health.failing_since,
+                                            excluded.failing_since),
+                   last_error = excluded.last_error,
+                   last_error_at = excluded.last_error_at""",
+            (
+                outcome.client_id,
+                outcome.host,
+                at,
+                outcome.attempt.error or f"HTTP {outcome.attempt.status_code}",
+                at,
+            ),
+        )
+
+
+async def _release_held(
+    transaction: _SqliteTransaction,
+    client_id: str,
+    host: str,
+    now: float,
+    interval_s: float,
+    limit: int,
+) -> int:
+    """Make held deliveries due again, oldest first, ``interval_s`` apart."""
+    held = await transaction._all(
+        """SELECT id FROM deliveries
+           WHERE status = 'held' AND client_id = ? AND host = ?
+           ORDER BY created_at, id LIMIT ?""",
+        (client_id, host, limit),
+    )
+    if not held:
+        return 0
+    await transaction._db.executemany(
+        """UPDATE deliveries
+           SET status = 'pending', attempts_in_round = 0, held_until = NULL,
+               next_attempt_at = ?, updated_at = ?
+           WHERE id = ?""",
+        [(now + position * interval_s, now, row["id"]) for position, row in enumerate(held)],
+    )
+    transaction.new_work = True
+    return len(held)
+
+
+def _timeline_params(entry: TimelineEntry) -> tuple[Any, ...]:
+    detail = json.dumps(entry.detail, separators=(",", ":")) if entry.detail else None
+    return (entry.correlation_id, _to_db(entry.at), entry.step, entry.audience.value, detail)
+
+
 class _CommitGroup:
     """Write transactions that share one SQLite transaction and one COMMIT."""
 
@@ -457,11 +596,19 @@ class SqliteStore(_Reads):
     @staticmethod
     async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
         db = await aiosqlite.connect(path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        await db.execute("PRAGMA busy_timeout = 10000")
-        await db.execute("PRAGMA foreign_keys = ON")
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            await db.execute("PRAGMA busy_timeout = 10000")
+            await db.execute("PRAGMA foreign_keys = ON")
+            # Deleted rows are overwritten, so an erased customer leaves no
+            # trace in free pages of the file.
+            await db.execute("PRAGMA secure_delete = ON")
+        except BaseException:
+            # aiosqlite's worker thread would keep the process alive.
+            await db.close()
+            raise
         return db
 
     async def close(self) -> None:
@@ -656,45 +803,66 @@ class SqliteStore(_Reads):
         ]
         return sorted(deliveries, key=lambda delivery: delivery.next_attempt_at)
 
-    async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
+    async def record_outcomes(
+        self,
+        owner: str,
+        outcomes: Sequence[AttemptOutcome],
+        *,
+        release_interval_s: float = 0.1,
+        release_batch: int = 100,
+    ) -> None:
         now = _to_db(datetime.now(UTC))
         async with self.transaction() as transaction:
             db = transaction._db
-            for outcome in outcomes:
-                attempt = outcome.attempt
-                await db.execute(
-                    """INSERT OR IGNORE INTO attempts
-                       (delivery_id, number, started_at, duration_ms, status_code,
-                        error, response_excerpt)
-                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            await db.executemany(
+                """INSERT OR IGNORE INTO attempts
+                   (delivery_id, number, started_at, duration_ms, status_code,
+                    error, response_excerpt)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                [
                     (
-                        attempt.delivery_id,
-                        attempt.number,
-                        _to_db(attempt.started_at),
-                        attempt.duration_ms,
-                        attempt.status_code,
-                        attempt.error,
-                        attempt.response_excerpt,
-                    ),
-                )
-                await db.execute(
-                    """UPDATE deliveries
-                       SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at),
-                           attempt_count = attempt_count + 1,
-                           attempts_in_round = attempts_in_round + 1,
-                           last_error = ?, last_status_code = ?, updated_at = ?,
-                           lease_owner = NULL, lease_expires_at = NULL
-                       WHERE id = ? AND lease_owner = ? AND status = 'pending'""",
+                        o.attempt.delivery_id,
+                        o.attempt.number,
+                        _to_db(o.attempt.started_at),
+                        o.attempt.duration_ms,
+                        o.attempt.status_code,
+                        o.attempt.error,
+                        o.attempt.response_excerpt,
+                    )
+                    for o in outcomes
+                ],
+            )
+            await db.executemany(
+                """UPDATE deliveries
+                   SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at),
+                       held_until = ?,
+                       attempt_count = attempt_count + 1,
+                       attempts_in_round = attempts_in_round + 1,
+                       last_error = ?, last_status_code = ?, updated_at = ?,
+                       lease_owner = NULL, lease_expires_at = NULL
+                   WHERE id = ? AND lease_owner = ? AND status = 'pending'""",
+                [
                     (
-                        outcome.status.value,
-                        _to_db(outcome.next_attempt_at),
-                        attempt.error,
-                        attempt.status_code,
+                        o.status.value,
+                        _to_db(o.next_attempt_at),
+                        _to_db(o.held_until),
+                        o.attempt.error,
+                        o.attempt.status_code,
                         now,
-                        attempt.delivery_id,
+                        o.attempt.delivery_id,
                         owner,
-                    ),
-                )
+                    )
+                    for o in outcomes
+                ],
+            )
+            entries = [o.timeline for o in outcomes if o.timeline is not None]
+            if entries:
+                await transaction.add_timeline_entries(entries)
+            for outcome in outcomes:
+                if outcome.client_id is not None and outcome.host is not None:
+                    await _record_receiver_outcome(
+                        transaction, outcome, release_interval_s, release_batch
+                    )
 
     async def postpone_delivery(
         self, delivery_id: str, owner: str, next_attempt_at: datetime, reason: str
@@ -753,26 +921,8 @@ class SqliteStore(_Reads):
     async def list_deliveries(
         self, filter: DeliveryFilter, limit: int, cursor: str | None
     ) -> DeliveryPage:
-        conditions: list[str] = []
-        params: list[Any] = []
-        if filter.status is not None:
-            conditions.append("status = ?")
-            params.append(filter.status.value)
-        if filter.client_id is not None:
-            conditions.append("client_id = ?")
-            params.append(filter.client_id)
-        if filter.event_type is not None:
-            conditions.append("event_type = ?")
-            params.append(filter.event_type)
-        if filter.since is not None:
-            conditions.append("created_at >= ?")
-            params.append(_to_db(filter.since))
-        if filter.until is not None:
-            conditions.append("created_at < ?")
-            params.append(_to_db(filter.until))
-        if filter.delivery_ids:
-            conditions.append(f"id IN ({','.join('?' * len(filter.delivery_ids))})")
-            params.extend(filter.delivery_ids)
+        where, params = _delivery_conditions(filter)
+        conditions = [where.removeprefix("WHERE ")] if where else []
         if cursor is not None:
             created_at, delivery_id = decode_cursor(cursor)
             conditions.append("(created_at, id) < (?, ?)")
@@ -801,49 +951,221 @@ class SqliteStore(_Reads):
         )
         return [rows.attempt(row) for row in found]
 
-    async def replay_deliveries(self, delivery_ids: Sequence[str], now: datetime) -> list[str]:
-        if not delivery_ids:
+    async def replay_deliveries(
+        self,
+        delivery_ids: Sequence[str],
+        now: datetime,
+        statuses: Sequence[DeliveryStatus] = (
+            DeliveryStatus.FAILED,
+            DeliveryStatus.DELIVERED,
+            DeliveryStatus.HELD,
+        ),
+    ) -> list[str]:
+        if not delivery_ids or not statuses:
             return []
         marks = ",".join("?" * len(delivery_ids))
+        status_marks = ",".join("?" * len(statuses))
         async with self.transaction() as transaction:
             found = await transaction._all(
                 f"""UPDATE deliveries
                     SET status = 'pending', attempts_in_round = 0,
-                        next_attempt_at = ?, updated_at = ?,
+                        next_attempt_at = ?, updated_at = ?, held_until = NULL,
                         lease_owner = NULL, lease_expires_at = NULL
-                    WHERE id IN ({marks}) AND status IN ('failed', 'delivered')
+                    WHERE id IN ({marks}) AND status IN ({status_marks})
                     RETURNING id""",
-                (_to_db(now), _to_db(now), *delivery_ids),
+                (_to_db(now), _to_db(now), *delivery_ids, *(s.value for s in statuses)),
             )
             if found:
                 transaction.new_work = True
         return [row["id"] for row in found]
 
+    async def count_deliveries(self, filter: DeliveryFilter) -> int:
+        where, params = _delivery_conditions(filter)
+        row = await self._one(f"SELECT COUNT(*) AS count FROM deliveries {where}", params)
+        return row["count"]
+
+    # Held deliveries and receiver health
+
+    async def hold_delivery(
+        self, delivery_id: str, owner: str, held_until: datetime, reason: str
+    ) -> None:
+        await self._write(
+            """UPDATE deliveries
+               SET status = 'held', held_until = ?, last_error = ?, updated_at = ?,
+                   lease_owner = NULL, lease_expires_at = NULL
+               WHERE id = ? AND lease_owner = ? AND status = 'pending'""",
+            (
+                _to_db(held_until),
+                reason,
+                _to_db(datetime.now(UTC)),
+                delivery_id,
+                owner,
+            ),
+        )
+
+    async def release_held_deliveries(
+        self, client_id: str, host: str, now: datetime, interval_s: float, limit: int
+    ) -> int:
+        async with self.transaction() as transaction:
+            released = await _release_held(
+                transaction, client_id, host, _to_db(now), interval_s, limit
+            )
+        return released
+
+    async def fail_expired_held(self, now: datetime, limit: int) -> int:
+        return await self._write(
+            """UPDATE deliveries
+               SET status = 'failed', updated_at = ?, held_until = NULL
+               WHERE id IN (
+                   SELECT id FROM deliveries
+                   WHERE status = 'held' AND held_until <= ? LIMIT ?)""",
+            (_to_db(now), _to_db(now), limit),
+        )
+
+    async def get_receiver_health(self, client_id: str, host: str) -> ReceiverHealth | None:
+        row = await self._one(
+            "SELECT * FROM receiver_health WHERE client_id = ? AND host = ?",
+            (client_id, host),
+        )
+        return None if row is None else rows.receiver_health(row)
+
+    async def list_receiver_health(self, client_id: str) -> list[ReceiverHealth]:
+        found = await self._all(
+            "SELECT * FROM receiver_health WHERE client_id = ? ORDER BY host", (client_id,)
+        )
+        return [rows.receiver_health(row) for row in found]
+
+    # Timelines and fetch tracking
+
+    async def list_timeline(
+        self, correlation_id: str, audience: Audience | None
+    ) -> list[TimelineEntry]:
+        sql = "SELECT * FROM timeline_entries WHERE correlation_id = ?"
+        params: list[Any] = [correlation_id]
+        if audience is not None:
+            sql += " AND audience = ?"
+            params.append(audience.value)
+        found = await self._all(sql + " ORDER BY at, id", params)
+        return [rows.timeline_entry(row) for row in found]
+
+    async def list_unfetched_requests(
+        self, delivered_before: datetime, limit: int, cursor: str | None
+    ) -> tuple[list[ScoreRequestRecord], str | None]:
+        sql = (
+            _SCORE_REQUEST_SELECT
+            + " WHERE r.fetched_at IS NULL AND r.delivered_at IS NOT NULL"
+            " AND r.delivered_at < ?"
+        )
+        params: list[Any] = [_to_db(delivered_before)]
+        if cursor is not None:
+            delivered_at, correlation_id = decode_cursor(cursor)
+            sql += " AND (r.delivered_at, r.correlation_id) > (?, ?)"
+            params.extend([delivered_at, correlation_id])
+        found = await self._all(
+            sql + " ORDER BY r.delivered_at, r.correlation_id LIMIT ?", [*params, limit + 1]
+        )
+        requests = [rows.score_request(row) for row in found[:limit]]
+        next_cursor = None
+        if len(found) > limit:
+            last = found[limit - 1]
+            next_cursor = _encode_cursor(last["delivered_at"], last["correlation_id"])
+        return requests, next_cursor
+
+    async def count_unfetched_requests(self, delivered_before: datetime) -> int:
+        row = await self._one(
+            """SELECT COUNT(*) AS count FROM score_requests
+               WHERE fetched_at IS NULL AND delivered_at IS NOT NULL
+                 AND delivered_at < ?""",
+            (_to_db(delivered_before),),
+        )
+        return row["count"]
+
+    # Callback handshakes
+
+    async def get_callback_origin(self, client_id: str, origin: str) -> CallbackOrigin | None:
+        row = await self._one(
+            "SELECT * FROM callback_origins WHERE client_id = ? AND origin = ?",
+            (client_id, origin),
+        )
+        return None if row is None else rows.callback_origin(row)
+
+    async def save_callback_origin(self, record: CallbackOrigin) -> None:
+        await self._write(
+            """INSERT INTO callback_origins (client_id, origin, allowed, reason, checked_at)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (client_id, origin) DO UPDATE
+               SET allowed = excluded.allowed, reason = excluded.reason,
+                   checked_at = excluded.checked_at""",
+            (
+                record.client_id,
+                record.origin,
+                int(record.allowed),
+                record.reason,
+                _to_db(record.checked_at),
+            ),
+        )
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into complete SQL statements."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    leftover = [
+        line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")
+    ]
+    if leftover:
+        raise MigrationError(f"incomplete SQL statement at the end: {leftover[0][:80]}")
+    return statements
+
 
 async def _migrate(db: aiosqlite.Connection) -> None:
+    """Apply pending migrations in one transaction.
+
+    The version is read under the write lock, so two processes that open a
+    new file together migrate it once. Foreign keys are off meanwhile, as
+    SQLite's table rebuilds require, and checked before the commit.
+    """
     await db.execute(
         """CREATE TABLE IF NOT EXISTS schema_migrations (
                version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"""
     )
-    async with db.execute("SELECT MAX(version) FROM schema_migrations") as cursor:
-        row = await cursor.fetchone()
-    current = row[0] or 0
-    known = _migrations()
-    if known and current > known[-1][0]:
-        raise MigrationError(
-            f"the database schema is at version {current}, newer than this code "
-            f"knows ({known[-1][0]}); upgrade the service"
-        )
-    for version, name, script in known:
-        if version <= current:
-            continue
-        log.info("applying migration %s", name, extra={"event": "migration_applied"})
-        statements = f"BEGIN IMMEDIATE;\n{script}\n" + (
-            "INSERT INTO schema_migrations (version, name, applied_at) "
-            f"VALUES ({version}, '{name}', {datetime.now(UTC).timestamp()});\nCOMMIT;"
-        )
-        try:
-            await db.executescript(statements)
-        except sqlite3.Error as exc:
-            await db.execute("ROLLBACK")
-            raise MigrationError(f"migration {name} failed: {exc}") from exc
+    await db.execute("PRAGMA foreign_keys = OFF")
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        async with db.execute("SELECT MAX(version) FROM schema_migrations") as cursor:
+            row = await cursor.fetchone()
+        current = row[0] or 0
+        known = _migrations()
+        if known and current > known[-1][0]:
+            raise MigrationError(
+                f"the database schema is at version {current}, newer than this code "
+                f"knows ({known[-1][0]}); upgrade the service"
+            )
+        for version, name, script in known:
+            if version <= current:
+                continue
+            log.info("applying migration %s", name, extra={"event": "migration_applied"})
+            try:
+                for statement in _statements(script):
+                    await db.execute(statement)
+            except sqlite3.Error as exc:
+                raise MigrationError(f"migration {name} failed: {exc}") from exc
+            await db.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, datetime.now(UTC).timestamp()),
+            )
+        async with db.execute("PRAGMA foreign_key_check") as cursor:
+            violation = await cursor.fetchone()
+        if violation is not None:
+            raise MigrationError(f"migrations left a broken foreign key: {tuple(violation)}")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+    finally:
+        if db.in_transaction:
+            await db.execute("COMMIT")
+        await db.execute("PRAGMA foreign_keys = ON")

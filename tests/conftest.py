@@ -97,6 +97,9 @@ def make_config(tmp_path: Path, **sections: Any) -> Config:
             allow_private_networks=True,
             poll_interval_s=0.2,
             shutdown_grace_s=2.0,
+            # Most tests expect a spent schedule to fail the delivery; the
+            # tests of held deliveries turn holding on.
+            held_window_s=0.0,
         ),
         scores=ScoresConfig(),
         source="tests",

@@ -9,15 +9,17 @@ from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 from aiohttp.abc import AbstractResolver
 
 import webhooks
 from store import Store, open_store
-from webhooks import admin_api, backend_api, client_api, credentials, keys_api
+from webhooks import admin_api, tracking_api, backend_api, client_api, credentials, keys_api
 from webhooks import service_keys
 from webhooks.config import Config
 from webhooks.credentials import SecretBox
 from webhooks.dispatcher import Dispatcher
+from webhooks.handshake import CallbackHandshake
 from webhooks.keyring import Keyring
 from webhooks.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from webhooks.netpolicy import NetworkPolicy
@@ -129,6 +131,7 @@ def create_app(
     app.add_routes(client_api.routes)
     app.add_routes(backend_api.routes)
     app.add_routes(admin_api.routes)
+    app.add_routes(tracking_api.routes)
     app.add_routes(keys_api.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -169,6 +172,16 @@ def create_app(
         backend_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(**limits), headers=user_agent
         )
+        handshake = None
+        if delivery.verify_callback_origin:
+            handshake = CallbackHandshake(
+                active_store,
+                session,
+                request_origin=URL(config.server.public_url).host or "score-webhooks",
+                connect_timeout_s=delivery.connect_timeout_s,
+                total_timeout_s=delivery.attempt_timeout_s,
+                recheck_after=timedelta(seconds=delivery.handshake_recheck_s),
+            )
         dispatcher = Dispatcher(
             active_store,
             session,
@@ -176,6 +189,7 @@ def create_app(
             keyring.signers_for,
             backend_session=backend_session,
             metrics=metrics,
+            handshake=handshake,
         )
         metrics.watch_circuits(dispatcher.open_circuit_count)
         app[STATE] = AppState(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 
 from aiohttp import web
@@ -113,6 +114,11 @@ async def get_score_request(request: web.Request) -> web.Response:
     headers = {}
     if record.status.value == "pending":
         headers["Retry-After"] = str(state.config.scores.poll_hint_s)
+    else:
+        now = utc_now()
+        await state.service.record_reads([correlation_id], "request", now)
+        if record.fetched_at is None:
+            record = replace(record, fetched_at=now)
     return web.json_response(request_resource(record), headers=headers)
 
 
@@ -126,9 +132,11 @@ async def get_customer_score(request: web.Request) -> web.Response:
             "customer_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -",
             errors={"customer_id": ["must be 1 to 64 characters of A-Z a-z 0-9 . _ : -"]},
         )
-    score = await state.store.latest_valid_score(client.id, customer_id, utc_now())
+    now = utc_now()
+    score = await state.store.latest_valid_score(client.id, customer_id, now)
     if score is None:
         raise NotFound(f"no valid score for customer {customer_id!r}")
+    await state.service.record_customer_read(client.id, score.id, now)
     return web.json_response({"customer_id": customer_id, "score": score_resource(score)})
 
 

@@ -96,6 +96,15 @@ class DeliveryConfig:
     # outcome; after a crash, other processes wait this long at most.
     lease_margin_s: float = 30.0
     poll_interval_s: float = 1.0  # finds due retries and work written by other processes
+    # A delivery whose schedule runs out while its receiver failed throughout
+    # is held this long, and sent again once the receiver answers; 0 turns
+    # holding off, so such deliveries fail at once.
+    held_window_s: float = 3 * 86400.0
+    held_release_per_second: float = 10.0  # pace of sending held deliveries again
+    # Ask each new callback origin of a client, with the CloudEvents webhook
+    # validation handshake (an OPTIONS request), whether it accepts webhooks.
+    verify_callback_origin: bool = False
+    handshake_recheck_s: float = 3600.0  # how soon a refused origin is asked again
     allow_http: bool = False
     allow_private_networks: bool = False
 
@@ -107,6 +116,9 @@ class ScoresConfig:
     default_validity_s: float = 86400.0
     poll_hint_s: int = 10  # Retry-After on pending requests
     idempotency_window_s: float = 86400.0
+    # A delivered result not read within this time counts in the metrics
+    # as delivered but not fetched.
+    fetch_expected_within_s: float = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +222,10 @@ class _DeliverySchema(_Section):
     shutdown_grace = fields.Float(validate=validate.Range(min=0))
     lease_margin = fields.Float(validate=_POSITIVE)
     poll_interval = fields.Float(validate=_POSITIVE)
+    held_window = fields.Float(validate=validate.Range(min=0))
+    held_release_per_second = fields.Float(validate=_POSITIVE)
+    verify_callback_origin = fields.Boolean(truthy={True}, falsy={False})
+    handshake_recheck = fields.Float(validate=validate.Range(min=0))
     allow_http = fields.Boolean(truthy={True}, falsy={False})
     allow_private_networks = fields.Boolean(truthy={True}, falsy={False})
 
@@ -220,6 +236,7 @@ class _ScoresSchema(_Section):
     default_validity = fields.Float(validate=_POSITIVE)
     poll_hint = fields.Integer(strict=True, validate=validate.Range(min=1))
     idempotency_window = fields.Float(validate=validate.Range(min=86400))
+    fetch_expected_within = fields.Float(validate=_POSITIVE)
 
     @validates_schema
     def _check_range(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -265,6 +282,9 @@ _FIELD_NAMES = {
         "poll_hint",
         "idempotency_window",
         "rotation_overlap",
+        "held_window",
+        "handshake_recheck",
+        "fetch_expected_within",
     )
 }
 

@@ -20,11 +20,19 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from store import Store
-from store.records import AttemptOutcome, AttemptRecord, DeliveryRecord, DeliveryStatus
+from store.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    Audience,
+    DeliveryRecord,
+    DeliveryStatus,
+    TimelineEntry,
+)
 from webhooks import attempts, ids
 from webhooks.attempts import HttpResult
 from webhooks.circuit import CircuitBreakers, CircuitState
 from webhooks.config import DeliveryConfig
+from webhooks.handshake import CallbackHandshake
 from webhooks.retry import next_delay_s, parse_retry_after
 from webhooks.signing import Signer, webhook_headers
 from webhooks.timefmt import format_time, utc_now
@@ -36,6 +44,10 @@ log = logging.getLogger("webhooks.dispatcher")
 
 # Outcomes written in one transaction at most.
 _MAX_OUTCOMES_PER_COMMIT = 256
+
+# Held deliveries made due again by one success; the next batch follows
+# when one of these succeeds.
+_HELD_RELEASE_BATCH = 100
 
 SignerSource = Callable[[DeliveryRecord], Awaitable[list[Signer]]]
 
@@ -66,6 +78,34 @@ def decide(
     return DeliveryStatus.PENDING, now + timedelta(seconds=delay_s), error
 
 
+def _attempt_step(
+    delivery: DeliveryRecord,
+    result: HttpResult,
+    status: DeliveryStatus,
+    error: str | None,
+    started_at: datetime,
+) -> TimelineEntry:
+    """Return the attempt as a step of its request's timeline.
+
+    Attempts of the event to the backend are shown to operators only.
+    """
+    to_client = delivery.client_id is not None
+    return TimelineEntry(
+        correlation_id=delivery.correlation_id,
+        at=started_at,
+        step="webhook_attempt" if to_client else "backend_event_attempt",
+        audience=Audience.CLIENT if to_client else Audience.OPERATOR,
+        detail={
+            "delivery_id": delivery.id,
+            "attempt": delivery.attempt_count + 1,
+            "status_code": result.status_code,
+            "error": error,
+            "duration_ms": round(result.duration_ms, 1),
+            "outcome": "retry" if status is DeliveryStatus.PENDING else status.value,
+        },
+    )
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -76,6 +116,7 @@ class Dispatcher:
         *,
         backend_session: aiohttp.ClientSession | None = None,
         metrics: Metrics | None = None,
+        handshake: CallbackHandshake | None = None,
     ) -> None:
         """``session`` sends webhooks to clients; ``backend_session``, if
         given, sends the events to the backend URL, which is operator
@@ -86,6 +127,7 @@ class Dispatcher:
         self._config = config
         self._signers_for = signers_for
         self._metrics = metrics
+        self._handshake = handshake
         self.owner = ids.new_id("node")
         self._circuits = CircuitBreakers(
             config.circuit_failure_threshold, config.circuit_cooldown_s
@@ -222,6 +264,16 @@ class Dispatcher:
             return
         self._circuits.start_attempt(delivery.host, now_monotonic)
 
+        if self._handshake is not None and delivery.client_id is not None:
+            refusal, newly_allowed = await self._handshake.refusal(
+                delivery.client_id, delivery.url
+            )
+            if refusal is not None:
+                await self._hold(delivery, refusal)
+                return
+            if newly_allowed:
+                await self._release_held(delivery)
+
         signers = await self._signers_for(delivery)
         started_at = utc_now()
         headers = webhook_headers(
@@ -240,6 +292,12 @@ class Dispatcher:
         if self._metrics is not None:
             self._metrics.observe_attempt(delivery, result, started_at)
         status, next_attempt_at, error = decide(delivery, result, self._config, finished_at)
+        held_until = None
+        if status is DeliveryStatus.FAILED and await self._receiver_down_throughout(
+            delivery, result
+        ):
+            status = DeliveryStatus.HELD
+            held_until = finished_at + timedelta(seconds=self._config.held_window_s)
 
         if status is DeliveryStatus.DELIVERED:
             self._circuits.record_success(delivery.host)
@@ -259,7 +317,46 @@ class Dispatcher:
                 ),
                 status=status,
                 next_attempt_at=next_attempt_at,
+                held_until=held_until,
+                timeline=_attempt_step(delivery, result, status, error, started_at),
+                client_id=delivery.client_id,
+                host=delivery.host if delivery.client_id is not None else None,
+                correlation_id=delivery.correlation_id,
             )
+        )
+
+    async def _receiver_down_throughout(
+        self, delivery: DeliveryRecord, result: HttpResult
+    ) -> bool:
+        """Tell whether no attempt to the receiver succeeded since the delivery began.
+
+        Only a client's delivery whose schedule ran out is held; one that the
+        receiver ended with 410 Gone fails as before.
+        """
+        if (
+            delivery.client_id is None
+            or self._config.held_window_s <= 0
+            or result.status_code == 410
+        ):
+            return False
+        health = await self._store.get_receiver_health(delivery.client_id, delivery.host)
+        if health is None or health.last_success_at is None:
+            return True
+        return health.last_success_at < delivery.created_at
+
+    async def _hold(self, delivery: DeliveryRecord, reason: str) -> None:
+        """Hold a delivery without an attempt, for the held window."""
+        held_until = utc_now() + timedelta(seconds=self._config.held_window_s)
+        await self._store.hold_delivery(delivery.id, self.owner, held_until, reason)
+
+    async def _release_held(self, delivery: DeliveryRecord) -> None:
+        assert delivery.client_id is not None
+        await self._store.release_held_deliveries(
+            delivery.client_id,
+            delivery.host,
+            utc_now(),
+            interval_s=1 / self._config.held_release_per_second,
+            limit=_HELD_RELEASE_BATCH,
         )
 
     async def _hold_back(self, delivery: DeliveryRecord) -> None:
@@ -312,6 +409,15 @@ class Dispatcher:
                     **fields,
                 },
             )
+        elif status is DeliveryStatus.HELD:
+            log.warning(
+                "delivery %s to %s held (%s): the receiver has failed since the "
+                "delivery began; it goes again when the receiver answers",
+                delivery.id,
+                delivery.host,
+                outcome,
+                extra={"event": "delivery_held", **fields},
+            )
         else:
             log.error(
                 "delivery %s to %s failed for good (%s); it waits for a replay",
@@ -328,7 +434,12 @@ class Dispatcher:
             while len(batch) < _MAX_OUTCOMES_PER_COMMIT and not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
             try:
-                await self._store.record_outcomes(self.owner, batch)
+                await self._store.record_outcomes(
+                    self.owner,
+                    batch,
+                    release_interval_s=1 / self._config.held_release_per_second,
+                    release_batch=_HELD_RELEASE_BATCH,
+                )
             except Exception:
                 log.exception(
                     "recording %d attempt outcomes failed; their deliveries come "

@@ -20,9 +20,12 @@ import webhooks
 from webhooks import events
 from webhooks.admin_api import DeliveryQuery
 from webhooks.config import Config
+from webhooks.console import CONSOLE
 from webhooks.netpolicy import NetworkPolicy
 from webhooks.problems import PROBLEM_CONTENT_TYPE
 from webhooks.resource_schemas import (
+    ClientDeliveryPageResource,
+    ClientHealthResource,
     CreatedClientResource,
     CustomerScoreResource,
     DeliveryDetailResource,
@@ -38,7 +41,10 @@ from webhooks.resource_schemas import (
     ScoreRequestedEvent,
     ScoreRequestResource,
     SigningKeysResource,
+    TimelineResource,
+    UnfetchedPageResource,
 )
+from webhooks.tracking_api import ClientDeliveryQuery, UnfetchedQuery
 from webhooks.schemas import (
     CUSTOMER_ID_PATTERN,
     ClientBody,
@@ -312,6 +318,52 @@ def _operations(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
             "parameters": [delivery_id],
             "responses": {"202": _json(DeliveryResource, "The delivery, due now.")},
         },
+        ("GET", "/v1/score-requests/{correlation_id}/timeline"): {
+            "summary": "Follow one of your requests step by step",
+            "description": (
+                "Each step was recorded when it happened. The backend's side is "
+                "left out."
+            ),
+            "tags": ["clients"],
+            **_secured("ClientApiKey", 404),
+            "parameters": [correlation_id],
+            "responses": {"200": _json(TimelineResource, "The steps in order.")},
+        },
+        ("GET", "/v1/admin/score-requests/{correlation_id}/timeline"): {
+            "summary": "Follow any request step by step, the backend's side included",
+            "tags": ["operators"],
+            **_secured("AdminToken", 404),
+            "parameters": [correlation_id],
+            "responses": {"200": _json(TimelineResource, "The steps in order.")},
+        },
+        ("GET", "/v1/admin/score-requests"): {
+            "summary": "List requests delivered but not fetched",
+            "description": (
+                "Requests whose webhook the receiver accepted longer ago than "
+                "delivered_not_fetched_for (such as 90s, 15m, 2h or 3d) and whose "
+                "result the client never read."
+            ),
+            "tags": ["operators"],
+            **_secured("AdminToken", 422),
+            "parameters": [{"in": "query", "schema": UnfetchedQuery}],
+            "responses": {"200": _json(UnfetchedPageResource, "One page of requests.")},
+        },
+        ("GET", "/v1/clients/me/deliveries"): {
+            "summary": "List your webhook deliveries, such as held or failed ones",
+            "tags": ["clients"],
+            **_secured("ClientApiKey", 422),
+            "parameters": [{"in": "query", "schema": ClientDeliveryQuery}],
+            "responses": {
+                "200": _json(ClientDeliveryPageResource, "One page of deliveries.")
+            },
+        },
+        ("GET", "/v1/clients/me/health"): {
+            "summary": "See how your receivers fare",
+            "description": "Failing since when, the last error, and held deliveries.",
+            "tags": ["clients"],
+            **_secured("ClientApiKey"),
+            "responses": {"200": _json(ClientHealthResource, "Receiver health.")},
+        },
     }
 
 
@@ -484,6 +536,8 @@ def build_document(app: web.Application, config: Config) -> dict[str, Any]:
     for route in app.router.routes():
         if route.method == "HEAD" or route.resource is None:
             continue
+        if route.resource.canonical.startswith(f"{CONSOLE}/"):
+            continue  # the console's HTML pages are not part of the JSON API
         key = (route.method, route.resource.canonical)
         _add_path(spec, route, operations.get(key) or _undocumented(route))
     document = spec.to_dict()

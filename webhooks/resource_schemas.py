@@ -67,6 +67,14 @@ class ScoreRequestResource(Schema):
     error = fields.Nested(
         FailureResource, metadata={"description": "Present when status is failed."}
     )
+    delivered_at = Timestamp(
+        allow_none=True,
+        metadata={"description": "When the receiver first accepted the webhook."},
+    )
+    fetched_at = Timestamp(
+        allow_none=True,
+        metadata={"description": "When the client first read the completed result."},
+    )
 
 
 class CustomerScoreResource(Schema):
@@ -258,3 +266,77 @@ class ScoreRequestedEvent(Schema):
     type = fields.String(required=True, metadata={"enum": [events.SCORE_REQUESTED]})
     timestamp = Timestamp(required=True)
     data = fields.Nested(ScoreRequestedEventData, required=True)
+
+
+class TimelineStepResource(Schema):
+    at = Timestamp(required=True)
+    step = _text(
+        "What happened: submitted, idempotent_repeat, computation_started, "
+        "computation_joined, stored_score_reused, backend_event_attempt "
+        "(operators only), result_received, webhook_attempt or result_read."
+    )
+    detail = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        metadata={"description": "IDs, status codes, errors and durations of the step."},
+    )
+
+
+class TimelineResource(Schema):
+    correlation_id = _text("The request the steps belong to.")
+    steps = fields.List(fields.Nested(TimelineStepResource), required=True)
+
+
+class UnfetchedPageResource(Schema):
+    requests = fields.List(fields.Nested(ScoreRequestResource), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Pass as cursor for the next page; null on the last."},
+    )
+
+
+class ClientDeliveryResource(Schema):
+    id = _text("The delivery's ID.")
+    message_id = _text("The webhook-id header of every attempt and replay.")
+    correlation_id = _text("The request the webhook is about.")
+    event_type = fields.String(required=True)
+    status = fields.Enum(DeliveryStatus, by_value=True, required=True)
+    attempt_count = fields.Integer(required=True)
+    last_status_code = fields.Integer(required=True, allow_none=True)
+    last_error = fields.String(required=True, allow_none=True)
+    held_until = Timestamp(
+        allow_none=True,
+        metadata={"description": "When a held delivery becomes failed."},
+    )
+    created_at = Timestamp(required=True)
+    updated_at = Timestamp(required=True)
+
+
+class ClientDeliveryPageResource(Schema):
+    deliveries = fields.List(fields.Nested(ClientDeliveryResource), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class ReceiverHealthResource(Schema):
+    host = _text("The receiver's host and port.")
+    failing_since = Timestamp(
+        required=True,
+        allow_none=True,
+        metadata={"description": "First failed attempt since the last success."},
+    )
+    last_error = fields.String(required=True, allow_none=True)
+    last_error_at = Timestamp(required=True, allow_none=True)
+    last_success_at = Timestamp(required=True, allow_none=True)
+
+
+class ClientHealthResource(Schema):
+    failing_since = Timestamp(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The earliest failing_since of the receivers."},
+    )
+    last_error = fields.String(required=True, allow_none=True)
+    held_count = fields.Integer(required=True)
+    failed_count = fields.Integer(required=True)
+    receivers = fields.List(fields.Nested(ReceiverHealthResource), required=True)

@@ -42,6 +42,8 @@ def request_resource(request: ScoreRequestRecord) -> dict[str, Any]:
         "completed_at": request.completed_at,
         "callback_url": request.callback_url,
         "metadata": json.loads(request.metadata) if request.metadata else None,
+        "delivered_at": request.delivered_at,
+        "fetched_at": request.fetched_at,
     }
     if request.score is not None:
         resource["score"] = request.score

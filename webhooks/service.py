@@ -7,6 +7,7 @@ transaction, so a response that reports success means the webhook will go out.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -17,12 +18,14 @@ from yarl import URL
 
 from store import Store, Transaction, UniqueViolation
 from store.records import (
+    Audience,
     ComputationRecord,
     IdempotencyRecord,
     NewDelivery,
     RequestStatus,
     ScoreRecord,
     ScoreRequestRecord,
+    TimelineEntry,
 )
 from webhooks import events, ids
 from webhooks.problems import Conflict, NotFound, ValidationFailed
@@ -149,6 +152,7 @@ class ScoreService:
             await transaction.insert_score_request(request)
             await self._notify_client(transaction, request)
             status_code = 201
+            steps = [_step(request, now, "stored_score_reused", score_id=score.id)]
             log.info(
                 "score request %s answered from a stored score",
                 correlation_id,
@@ -158,11 +162,15 @@ class ScoreService:
             computation = await transaction.find_pending_computation(
                 submission.client_id, submission.customer_id
             )
+            step = "computation_joined"
             if computation is None:
                 computation = await self._start_computation(transaction, request, now)
+                step = "computation_started"
             request = replace(request, computation_id=computation.id)
             await transaction.insert_score_request(request)
             status_code = 202
+            steps = [_step(request, now, step, computation_id=computation.id)]
+        await transaction.add_timeline_entries([_step(request, now, "submitted"), *steps])
 
         if submission.idempotency_key is not None:
             await transaction.insert_idempotency_key(
@@ -202,6 +210,7 @@ class ScoreService:
             record.correlation_id, submission.client_id
         )
         assert request is not None
+        await transaction.add_timeline_entries([_step(request, now, "idempotent_repeat")])
         return SubmitResult(request=request, status_code=record.status_code, replayed=True)
 
     async def _start_computation(
@@ -251,6 +260,27 @@ class ScoreService:
                 next_attempt_at=request.completed_at,
             )
         )
+
+    async def record_reads(
+        self, correlation_ids: Sequence[str], via: str, now: datetime
+    ) -> None:
+        """Record reads of completed requests by their client, and the first as fetched.
+
+        ``via`` names the endpoint: "request" or "customer".
+        """
+        if not correlation_ids:
+            return
+        async with self._store.transaction() as transaction:
+            await _record_reads(transaction, correlation_ids, via, now)
+
+    async def record_customer_read(
+        self, client_id: str, score_id: str, now: datetime
+    ) -> None:
+        """Record a read of a customer's score as a read of every request it answered."""
+        async with self._store.transaction() as transaction:
+            correlation_ids = await transaction.requests_with_score(client_id, score_id)
+            if correlation_ids:
+                await _record_reads(transaction, correlation_ids, "customer", now)
 
     async def record_result(
         self, correlation_id: str, result: Result, now: datetime
@@ -324,6 +354,12 @@ class ScoreService:
         )
         for request in completed:
             await self._notify_client(transaction, request)
+        await transaction.add_timeline_entries(
+            [
+                _step(request, now, "result_received", outcome=result.outcome.value)
+                for request in completed
+            ]
+        )
         # A backend that sends a result before acknowledging the event would
         # otherwise get the event again on the next retry.
         await transaction.cancel_pending_deliveries(
@@ -336,3 +372,31 @@ class ScoreService:
             len(completed),
             extra={"event": "result_recorded", "computation_id": computation.id},
         )
+
+
+async def _record_reads(
+    transaction: Transaction, correlation_ids: Sequence[str], via: str, now: datetime
+) -> None:
+    await transaction.mark_fetched(correlation_ids, now)
+    await transaction.add_timeline_entries(
+        [
+            TimelineEntry(
+                correlation_id=correlation_id,
+                at=now,
+                step="result_read",
+                audience=Audience.CLIENT,
+                detail={"via": via},
+            )
+            for correlation_id in correlation_ids
+        ]
+    )
+
+
+def _step(request: ScoreRequestRecord, at: datetime, step: str, **detail: Any) -> TimelineEntry:
+    return TimelineEntry(
+        correlation_id=request.correlation_id,
+        at=at,
+        step=step,
+        audience=Audience.CLIENT,
+        detail=detail or None,
+    )
