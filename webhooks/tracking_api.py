@@ -16,7 +16,6 @@ from webhooks.resource_schemas import (
     ClientDeliveryPageResource,
     ClientHealthResource,
     TimelineResource,
-    UnfetchedPageResource,
 )
 from webhooks.resources import request_resource
 from webhooks.state import STATE
@@ -30,7 +29,6 @@ _DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 _TIMELINE = TimelineResource()
-_UNFETCHED_PAGE = UnfetchedPageResource()
 _CLIENT_DELIVERY_PAGE = ClientDeliveryPageResource()
 _CLIENT_HEALTH = ClientHealthResource()
 
@@ -130,10 +128,9 @@ async def list_unfetched(request: web.Request) -> web.Response:
         )
     except ValueError:
         raise _invalid_cursor() from None
+    # request_resource already dumps each request through its schema.
     return web.json_response(
-        _UNFETCHED_PAGE.dump(
-            {"requests": [request_resource(r) for r in found], "next_cursor": next_cursor}
-        )
+        {"requests": [request_resource(r) for r in found], "next_cursor": next_cursor}
     )
 
 
