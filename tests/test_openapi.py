@@ -52,10 +52,13 @@ async def _document(service: Service) -> dict[str, Any]:
 
 
 def _served_operations(app: web.Application) -> set[tuple[str, str]]:
+    """Return the JSON API's operations; the console's HTML pages are not in it."""
     return {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()
-        if route.method != "HEAD" and route.resource is not None
+        if route.method != "HEAD"
+        and route.resource is not None
+        and not route.resource.canonical.startswith("/console/")
     }
 
 

@@ -17,6 +17,7 @@ from store import Store, open_store
 from webhooks import admin_api, tracking_api, backend_api, client_api, credentials, keys_api
 from webhooks import service_keys
 from webhooks.config import Config
+from webhooks.console import add_console
 from webhooks.credentials import SecretBox
 from webhooks.dispatcher import Dispatcher
 from webhooks.handshake import CallbackHandshake
@@ -133,6 +134,7 @@ def create_app(
     app.add_routes(admin_api.routes)
     app.add_routes(tracking_api.routes)
     app.add_routes(keys_api.routes)
+    add_console(app, config)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None

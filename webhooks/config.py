@@ -69,6 +69,10 @@ class BackendConfig:
 @dataclass(frozen=True, kw_only=True)
 class AdminConfig:
     token: str
+    # The console answers a wrong admin token after this delay, which slows
+    # guessing; tests shorten it.
+    console_login_delay_s: float = 1.0
+    console_session_lifetime_s: float = 8 * 3600.0  # a login lasts a work day
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +198,8 @@ class _BackendSchema(_Section):
 
 class _AdminSchema(_Section):
     token = fields.String(validate=validate.Length(min=16))
+    console_login_delay = fields.Float(validate=validate.Range(min=0, max=60))
+    console_session_lifetime = fields.Float(validate=_POSITIVE)
 
 
 class _SecuritySchema(_Section):
@@ -282,6 +288,8 @@ _FIELD_NAMES = {
         "poll_hint",
         "idempotency_window",
         "rotation_overlap",
+        "console_login_delay",
+        "console_session_lifetime",
         "held_window",
         "handshake_recheck",
         "fetch_expected_within",

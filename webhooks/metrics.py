@@ -124,6 +124,12 @@ class Metrics:
             registry=registry,
         )
 
+        self.console_login_failures = Counter(
+            "webhooks_console_login_failures_total",
+            "Console logins rejected because the admin token was wrong.",
+            registry=registry,
+        )
+
         self._initialise_labels()
         self._counted_at_monotonic: float | None = None
         self._count_lock = asyncio.Lock()
