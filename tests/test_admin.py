@@ -183,3 +183,17 @@ async def test_busy_client_does_not_starve_another(
 
     await wait_for(lambda: len(quiet.received) == 1, 2)
     assert len(busy.received) < 10_000
+
+
+async def test_list_filters_by_receiver_host(service: Service, make_receiver) -> None:
+    first = await make_receiver(default_status=200)
+    second = await make_receiver(default_status=200)
+    client = await service.new_client()
+    first_ids = await _seed(service, client.record.id, 2, first.url())
+    await _seed(service, client.record.id, 1, second.url())
+
+    host = first.url().split("/")[2]
+    status, body = await _get(service, "/v1/admin/deliveries", host=host)
+
+    assert status == 200
+    assert sorted(item["id"] for item in body["deliveries"]) == sorted(first_ids)

@@ -34,6 +34,7 @@ class DeliveryQuery(Schema):
     status = fields.String(validate=validate.OneOf([s.value for s in DeliveryStatus]))
     client_id = fields.String(validate=validate.Length(min=1, max=64))
     event_type = fields.String(validate=validate.OneOf(events.EVENT_TYPES))
+    host = fields.String(validate=validate.Length(min=1, max=255))  # host:port
     since = fields.AwareDateTime(format="iso")
     until = fields.AwareDateTime(format="iso")
     limit = fields.Integer(
@@ -74,6 +75,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
         status=DeliveryStatus(query["status"]) if "status" in query else None,
         client_id=query.get("client_id"),
         event_type=query.get("event_type"),
+        host=query.get("host"),
         since=query.get("since"),
         until=query.get("until"),
     )
