@@ -611,3 +611,41 @@ async def test_console_routes_not_in_openapi(service: Service) -> None:
     document = await (await service.http.get("/openapi.json")).json()
 
     assert not [path for path in document["paths"] if path.startswith("/console")]
+
+
+def _tile_count(page: str, label: str) -> int:
+    match = re.search(
+        rf'tile-count">(\d+)</span>\s*<span class="tile-label">\s*(?:<a [^>]*>)?{label}<',
+        page,
+    )
+    assert match is not None, label
+    return int(match.group(1))
+
+
+async def test_overview_counts_failed_and_held(
+    make_service: MakeService,
+    make_receiver: MakeReceiver,
+    backend: Receiver,
+    tmp_path: Path,
+) -> None:
+    config = config_with_backend(tmp_path, backend, delivery={"held_window_s": 300.0})
+    service = await make_service(config)
+    await _failed_deliveries(service, make_receiver, 1)
+    # A receiver that never accepted anything makes its deliveries held
+    # when their schedule runs out.
+    down = await make_receiver(default_status=500)
+    client = await service.new_client("down")
+    [held_id] = await _seed(service, client.record.id, 1, down.url())
+
+    async def held() -> bool:
+        delivery = await service.state.store.get_delivery(held_id)
+        return delivery.status is DeliveryStatus.HELD
+
+    await wait_for(held)
+    await _login(service)
+    page = await (await service.http.get("/console/")).text()
+
+    assert _tile_count(page, "Failed") == 1
+    assert _tile_count(page, "Held") == 1
+    assert _tile_count(page, "Pending") == 0
+    assert f"{service.state.store.kind}, schema version" in page
