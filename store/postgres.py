@@ -883,7 +883,7 @@ class PostgresStore(_Reads):
         found = await self._pool.fetch(
             """SELECT status, COALESCE(lease_expires_at > $1, false) AS leased,
                       COUNT(*) AS count
-               FROM deliveries WHERE status IN ('pending', 'failed')
+               FROM deliveries WHERE status IN ('pending', 'failed', 'held')
                GROUP BY 1, 2""",
             now,
         )

@@ -196,10 +196,10 @@ def choose_per_host(
 
 def delivery_counts(found: Sequence[Row]) -> dict[str, int]:
     """Return the counts by state from rows of (status, leased, count)."""
-    counts = {"pending": 0, "in_flight": 0, "failed": 0}
+    counts = {"pending": 0, "in_flight": 0, "held": 0, "failed": 0}
     for row in found:
-        if row["status"] == "failed":
-            counts["failed"] += row["count"]
+        if row["status"] in ("failed", "held"):
+            counts[row["status"]] += row["count"]
         elif row["leased"]:
             counts["in_flight"] += row["count"]
         else:

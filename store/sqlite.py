@@ -906,7 +906,7 @@ class SqliteStore(_Reads):
         found = await self._all(
             """SELECT status, COALESCE(lease_expires_at > ?, 0) AS leased,
                       COUNT(*) AS count
-               FROM deliveries WHERE status IN ('pending', 'failed')
+               FROM deliveries WHERE status IN ('pending', 'failed', 'held')
                GROUP BY 1, 2""",
             (_to_db(now),),
         )

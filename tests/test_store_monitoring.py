@@ -99,7 +99,7 @@ async def test_counts_deliveries_by_state(store: Store) -> None:
 
     counts = await store.count_deliveries_by_state(utc_now())
 
-    assert counts == {"pending": 2, "in_flight": 1, "failed": 1}
+    assert counts == {"pending": 2, "in_flight": 1, "held": 0, "failed": 1}
 
 
 async def test_expired_lease_counts_as_pending(store: Store) -> None:
@@ -108,7 +108,7 @@ async def test_expired_lease_counts_as_pending(store: Store) -> None:
 
     counts = await store.count_deliveries_by_state(utc_now() + timedelta(seconds=1))
 
-    assert counts == {"pending": 1, "in_flight": 0, "failed": 0}
+    assert counts == {"pending": 1, "in_flight": 0, "held": 0, "failed": 0}
 
 
 async def test_claim_marks_expired_lease_takeover(store: Store) -> None:

@@ -34,7 +34,7 @@ ATTEMPT_OUTCOMES = (
     "connection_error",
     "policy_rejected",
 )
-DELIVERY_STATES = ("pending", "in_flight", "failed")
+DELIVERY_STATES = ("pending", "in_flight", "held", "failed")
 # aiohttp also accepts WebDAV and other methods that llhttp knows; they
 # share the label "other".
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -1,4 +1,4 @@
-"""Where a request stands: timelines, fetch tracking, and a client's own deliveries."""
+"""Request progress: timelines, fetch tracking, and a client's own deliveries."""
 
 from __future__ import annotations
 
@@ -104,21 +104,21 @@ async def _timeline(
 
 @routes.get("/v1/score-requests/{correlation_id}/timeline")
 async def get_client_timeline(request: web.Request) -> web.Response:
-    """The steps of one of the client's own requests, without the backend's side."""
+    """Return the steps of one of the client's own requests, without the backend's side."""
     client = await authenticate_client(request)
     return await _timeline(request, client.id, Audience.CLIENT)
 
 
 @routes.get("/v1/admin/score-requests/{correlation_id}/timeline")
 async def get_admin_timeline(request: web.Request) -> web.Response:
-    """The steps of any request, the attempts of the backend event among them."""
+    """Return the steps of any request, the attempts of the backend event included."""
     require_admin(request)
     return await _timeline(request, None, None)
 
 
 @routes.get("/v1/admin/score-requests")
 async def list_unfetched(request: web.Request) -> web.Response:
-    """Requests whose webhook was accepted but whose result nobody read in time."""
+    """List requests whose webhook was accepted but whose result was not read in time."""
     require_admin(request)
     query = _load_query(UnfetchedQuery(), request)
     delivered_before = utc_now() - query["delivered_not_fetched_for"]
@@ -136,7 +136,7 @@ async def list_unfetched(request: web.Request) -> web.Response:
 
 @routes.get("/v1/clients/me/deliveries")
 async def list_own_deliveries(request: web.Request) -> web.Response:
-    """The client's webhooks, such as those held or failed while its receiver was down."""
+    """List the client's deliveries, such as those held or failed during an outage."""
     client = await authenticate_client(request)
     query = _load_query(ClientDeliveryQuery(), request)
     status = DeliveryStatus(query["status"]) if query["status"] else None
@@ -157,7 +157,7 @@ async def list_own_deliveries(request: web.Request) -> web.Response:
 
 @routes.get("/v1/clients/me/health")
 async def get_own_health(request: web.Request) -> web.Response:
-    """How the client's receivers fare: failing since, last error, held count."""
+    """Return the health of the client's receivers: failing since, last error, held count."""
     client = await authenticate_client(request)
     store = request.app[STATE].store
     receivers = await store.list_receiver_health(client.id)
