@@ -13,11 +13,13 @@ from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from conftest import ADMIN_TOKEN, Receiver, Service, config_with_backend, wait_for
 
 from store.records import DeliveryStatus, NewDelivery
 from webhooks import ids
+from webhooks.console import bulk
 from webhooks.console.sessions import COOKIE_NAME
 from webhooks.timefmt import utc_now
 
@@ -547,6 +549,7 @@ async def test_bulk_replay_confirms_count_first(
     assert confirm.status == 200
     assert "<strong>3</strong> failed" in page
     assert "deliveries will be replayed" in page
+    assert 'action="/console/replay"' in page
     for delivery_id in delivery_ids:
         delivery = await store.get_delivery(delivery_id)
         assert delivery.status is DeliveryStatus.FAILED
@@ -649,3 +652,27 @@ async def test_overview_counts_failed_and_held(
     assert _tile_count(page, "Held") == 1
     assert _tile_count(page, "Pending") == 0
     assert f"{service.state.store.kind}, schema version" in page
+
+
+async def test_bulk_replay_over_limit_refused(
+    service: Service, make_receiver: MakeReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "BULK_REPLAY_MAX", 2)
+    _, delivery_ids = await _failed_deliveries(service, make_receiver, 3)
+    csrf_token = await _login(service)
+
+    confirm = await service.http.get("/console/replay/confirm")
+    page = await confirm.text()
+    response = await service.http.post(
+        "/console/replay",
+        data={"csrf_token": csrf_token, "expected_count": "3"},
+        allow_redirects=False,
+    )
+
+    assert confirm.status == 200
+    assert "More than 2 failed deliveries match" in page
+    assert 'action="/console/replay"' not in page  # no form to replay them
+    assert response.status == 409
+    for delivery_id in delivery_ids:
+        delivery = await service.state.store.get_delivery(delivery_id)
+        assert delivery.status is DeliveryStatus.FAILED

@@ -78,7 +78,7 @@ async def select_failed(request: web.Request) -> web.Response:
         return render(request, "replay.html", context, status=400)
 
     store = request.config_dict[STATE].store
-    count = len(await _failed_ids(store, form.filter))
+    count = await store.count_deliveries(form.filter)
     sample = await store.list_deliveries(form.filter, _SAMPLE_SIZE, None)
     context.update(_context(form, count))
     context["sample"] = sample.deliveries
@@ -90,8 +90,8 @@ async def confirm_replay(request: web.Request) -> web.Response:
     form = _read_form(request.query)
     if form.errors:
         return see_other(f"{CONSOLE}/replay?{form.query()}")
-    ids = await _failed_ids(request.config_dict[STATE].store, form.filter)
-    context = _context(form, len(ids))
+    count = await request.config_dict[STATE].store.count_deliveries(form.filter)
+    context = _context(form, count)
     context["changed_from"] = None
     return render(request, "replay_confirm.html", context)
 
@@ -115,7 +115,12 @@ async def replay_failed(request: web.Request) -> web.Response:
     replayed = 0
     for start in range(0, len(ids), _PAGE_SIZE):
         chunk = ids[start : start + _PAGE_SIZE]
-        replayed += len(await store.replay_deliveries(chunk, utc_now()))
+        # Only failed ones: a delivery replayed meanwhile by someone else is
+        # left alone.
+        done = await store.replay_deliveries(
+            chunk, utc_now(), statuses=(DeliveryStatus.FAILED,)
+        )
+        replayed += len(done)
     log.info(
         "replayed %d failed deliveries from the console",
         replayed,
