@@ -676,3 +676,26 @@ async def test_bulk_replay_over_limit_refused(
     for delivery_id in delivery_ids:
         delivery = await service.state.store.get_delivery(delivery_id)
         assert delivery.status is DeliveryStatus.FAILED
+
+
+async def test_overview_counts_open_circuits(
+    make_service: MakeService,
+    make_receiver: MakeReceiver,
+    backend: Receiver,
+    tmp_path: Path,
+) -> None:
+    config = config_with_backend(
+        tmp_path, backend, delivery={"circuit_failure_threshold": 1}
+    )
+    service = await make_service(config)
+    down = await make_receiver(default_status=500)
+    client = await service.new_client()
+    await _seed(service, client.record.id, 1, down.url())
+    await wait_for(lambda: service.state.dispatcher.open_circuit_count() == 1)
+    await _login(service)
+
+    page = await (await service.http.get("/console/")).text()
+
+    assert re.search(
+        r"big-number\">1</strong>\s*receiver host has an open circuit", page
+    )
