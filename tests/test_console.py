@@ -699,3 +699,5 @@ async def test_overview_counts_open_circuits(
     assert re.search(
         r"big-number\">1</strong>\s*receiver host has an open circuit", page
     )
+    host = down.url().split("/")[2]
+    assert f"<td>{host}</td>" in page

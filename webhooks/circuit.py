@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 
 log = logging.getLogger("webhooks.dispatcher")
@@ -21,6 +22,7 @@ class _Circuit:
     failures: int = 0
     open_until: float | None = None  # monotonic seconds
     probing: bool = False
+    opened_at: datetime | None = None  # when the circuit last went from closed to open
 
 
 class CircuitBreakers:
@@ -65,6 +67,8 @@ class CircuitBreakers:
         was_probing = circuit.probing
         circuit.probing = False
         if was_probing or circuit.failures >= self._threshold:
+            if circuit.open_until is None:
+                circuit.opened_at = datetime.now(UTC)
             if circuit.open_until is None or was_probing:
                 log.warning(
                     "circuit for %s opened after %d consecutive failures; "
@@ -86,6 +90,14 @@ class CircuitBreakers:
             elif state is CircuitState.HALF_OPEN:
                 limits[host] = 1
         return limits
+
+    def open_circuits(self, now: float) -> list[tuple[str, datetime]]:
+        """Return the hosts whose circuit is not closed, with when it opened."""
+        found = []
+        for host, circuit in self._circuits.items():
+            if self.state(host, now) is not CircuitState.CLOSED and circuit.opened_at:
+                found.append((host, circuit.opened_at))
+        return sorted(found, key=lambda item: item[1])
 
     def open_count(self, now: float) -> int:
         return sum(

@@ -148,6 +148,10 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def open_circuits(self) -> list[tuple[str, datetime]]:
+        """Return the receiver hosts whose circuit is open in this process, and since when."""
+        return self._circuits.open_circuits(time.monotonic())
+
     def open_circuit_count(self) -> int:
         """Count the receiver hosts whose circuit is not closed."""
         return self._circuits.open_count(time.monotonic())

@@ -57,6 +57,7 @@ async def overview(request: web.Request) -> web.Response:
         "unfetched": await state.store.count_unfetched_requests(now - fetch_within),
         "fetch_within": fetch_within,
         "open_circuit_count": state.dispatcher.open_circuit_count(),
+        "open_circuits": state.dispatcher.open_circuits(),
         "store_kind": state.store.kind,
         "schema_version": schema.applied,
         "counted_at": now,
