@@ -52,6 +52,8 @@ NEW_WORK_CHANNEL = "webhooks_new_work"
 _MIGRATION_LOCK_KEY = 0x5C0E_3EB0_0C5F_0001
 _CLAIM_LOOKAHEAD = 4
 _LISTEN_RETRY_S = 2.0
+# A claim and an outcome batch can run at once.
+_DISPATCH_POOL_SIZE = 2
 _DELIVERY_COPY_COLUMNS = [
     "id",
     "message_id",
@@ -560,9 +562,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 class PostgresStore(_Reads):
     kind = "postgresql"
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, dsn: str, dispatch_pool: asyncpg.Pool | None = None
+    ) -> None:
         self._db = pool
         self._pool = pool
+        # Claims and outcome batches get connections of their own, so that
+        # API requests holding every connection of the main pool cannot make
+        # the dispatcher wait behind them.
+        self._dispatch_pool = dispatch_pool or pool
         self._dsn = dsn
         self._listeners: list[Callable[[], None]] = []
         self._listen_task: asyncio.Task[None] | None = None
@@ -577,15 +585,20 @@ class PostgresStore(_Reads):
         try:
             async with pool.acquire() as connection:
                 await _migrate(connection)
+            dispatch_pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=_DISPATCH_POOL_SIZE
+            )
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, url)
+        return cls(pool, url, dispatch_pool)
 
     async def close(self) -> None:
         if self._listen_task is not None:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
+        if self._dispatch_pool is not self._pool:
+            await self._dispatch_pool.close()
         await self._pool.close()
 
     def add_new_work_listener(self, listener: Callable[[], None]) -> None:
@@ -746,7 +759,8 @@ class PostgresStore(_Reads):
             return []
         # SKIP LOCKED passes over rows that another process is claiming right
         # now; the candidates this claim does not take are unlocked at commit.
-        async with self._pool.acquire() as connection, connection.transaction():
+        pool = self._dispatch_pool
+        async with pool.acquire() as connection, connection.transaction():
             candidates = await _due_candidates(
                 connection, now, limit, per_host_limit, host_limits
             )
@@ -805,7 +819,8 @@ class PostgresStore(_Reads):
             for o in outcomes
         ]
         released = False
-        async with self._pool.acquire() as connection, connection.transaction():
+        pool = self._dispatch_pool
+        async with pool.acquire() as connection, connection.transaction():
             await connection.executemany(
                 """INSERT INTO attempts
                    (delivery_id, number, started_at, duration_ms, status_code, error,
