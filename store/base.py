@@ -317,11 +317,17 @@ class Store(Protocol):
         idempotency_before: datetime,
         limit: int,
     ) -> dict[str, int]:
-        """Delete or scrub up to ``limit`` rows per kind; return the counts per kind.
+        """Delete or scrub up to ``limit`` rows per kind in one transaction.
 
-        Scores whose ``valid_until`` is before ``scores_before`` go. Requests
-        completed before ``requests_before`` lose their metadata and timeline
-        entries, unless a delivery of theirs is still pending or held.
+        Returns the rows changed per kind: ``score``, ``request_metadata``,
+        ``timeline_entry`` and ``idempotency_key``; a count below ``limit``
+        means none of that kind is left. Scores whose ``valid_until`` is
+        before ``scores_before`` are deleted, and the requests they answered
+        keep no score. Requests completed before ``requests_before`` lose
+        their metadata, and their timeline entries written before then are
+        deleted. Idempotency keys stored before ``idempotency_before`` go.
+        A request with a pending or held delivery keeps its score, metadata
+        and timeline entries until that delivery ends.
         """
 
     async def erase_customer(
@@ -329,10 +335,18 @@ class Store(Protocol):
     ) -> dict[str, int]:
         """Remove every trace of one customer of one client and store the audit record.
 
-        Scores, metadata, idempotency records and timeline entries are
-        deleted, pending and held deliveries cancelled, and the customer ID
-        in the remaining rows and payloads is replaced by
-        ``erasure.customer_hash``. Returns the rows changed per table.
+        In one transaction, scores, metadata, idempotency records and
+        timeline entries are deleted, and pending and held deliveries
+        cancelled. Pending requests and computations fail with a reason that
+        says the customer was erased, so no later result can store a score
+        for them. The customer ID in the remaining rows is replaced by
+        ``erasure.customer_hash``: in ID columns, in the ``customer_id``
+        members of delivery payloads, and wherever it occurs in their URLs,
+        errors, failure reasons and response excerpts.
+
+        Returns the rows changed per table. The stored audit record is
+        ``erasure`` with ``rows_changed`` and ``detail`` set from them. The
+        SQLite store also checkpoints and truncates its write-ahead log.
         """
 
     async def list_erasures(self, client_id: str) -> list[ErasureRecord]: ...

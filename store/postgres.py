@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from store import rows
+from store import postgres_retention, rows
 from store.base import MigrationError, StoreError, UniqueViolation
 from store.records import (
     AttemptOutcome,
@@ -1106,6 +1106,40 @@ class PostgresStore(_Reads):
             record.reason,
             record.checked_at,
         )
+
+    # Retention and erasure
+
+    async def delete_expired(
+        self,
+        *,
+        scores_before: datetime,
+        requests_before: datetime,
+        idempotency_before: datetime,
+        limit: int,
+    ) -> dict[str, int]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            return await postgres_retention.delete_expired(
+                connection,
+                scores_before=scores_before,
+                requests_before=requests_before,
+                idempotency_before=idempotency_before,
+                limit=limit,
+            )
+
+    async def erase_customer(
+        self, client_id: str, customer_id: str, erasure: ErasureRecord
+    ) -> dict[str, int]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            return await postgres_retention.erase_customer(
+                connection, client_id, customer_id, erasure
+            )
+
+    async def list_erasures(self, client_id: str) -> list[ErasureRecord]:
+        found = await self._pool.fetch(
+            "SELECT * FROM erasures WHERE client_id = $1 ORDER BY erased_at, id",
+            client_id,
+        )
+        return [rows.erasure(row) for row in found]
 
 
 async def _migrate(connection: asyncpg.Connection) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from store import rows
+from store import rows, sqlite_retention
 from store.base import MigrationError, StoreError, UniqueViolation
 from store.records import (
     AttemptOutcome,
@@ -1104,6 +1104,69 @@ class SqliteStore(_Reads):
                 _to_db(record.checked_at),
             ),
         )
+
+    # Retention and erasure
+
+    async def delete_expired(
+        self,
+        *,
+        scores_before: datetime,
+        requests_before: datetime,
+        idempotency_before: datetime,
+        limit: int,
+    ) -> dict[str, int]:
+        async with self.transaction() as transaction:
+            return await sqlite_retention.delete_expired(
+                transaction._db,
+                scores_before=scores_before.timestamp(),
+                requests_before=requests_before.timestamp(),
+                idempotency_before=idempotency_before.timestamp(),
+                limit=limit,
+            )
+
+    async def erase_customer(
+        self, client_id: str, customer_id: str, erasure: ErasureRecord
+    ) -> dict[str, int]:
+        async with self.transaction() as transaction:
+            counts = await sqlite_retention.erase_customer(
+                transaction._db, client_id, customer_id, erasure
+            )
+        await self._checkpoint_wal()
+        return counts
+
+    async def list_erasures(self, client_id: str) -> list[ErasureRecord]:
+        found = await self._all(
+            "SELECT * FROM erasures WHERE client_id = ? ORDER BY erased_at, id",
+            (client_id,),
+        )
+        return [rows.erasure(row) for row in found]
+
+    async def _checkpoint_wal(self) -> None:
+        """Copy the write-ahead log into the database file and truncate it.
+
+        Old copies of changed pages, such as those with an erased customer's
+        ID, stay in the log until a checkpoint, and in the log file's bytes
+        until it is truncated. A checkpoint cannot run inside a transaction,
+        so it waits for an open commit group to end.
+        """
+        while True:
+            async with self._write_lock:
+                group = self._group
+                if group is None:
+                    found = await self._writer.execute_fetchall(
+                        "PRAGMA wal_checkpoint(TRUNCATE)"
+                    )
+                    busy = next(iter(found))[0]
+                    break
+            await asyncio.gather(group.committed, return_exceptions=True)
+        if busy:
+            log.warning(
+                "the write-ahead log could not be truncated because another "
+                "connection was reading; it keeps old page copies until the next "
+                "checkpoint",
+                extra={"event": "wal_checkpoint_busy"},
+            )
+
 
 def _statements(script: str) -> list[str]:
     """Split a migration script into complete SQL statements."""
