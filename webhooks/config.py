@@ -134,6 +134,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RetentionConfig:
+    # A score is deleted this long after its valid_until.
+    scores_after_expiry_s: float = 30 * 86400.0
+    # A completed request loses its metadata and timeline entries this long
+    # after completion; the request row stays.
+    requests_after_completion_s: float = 90 * 86400.0
+    sweep_interval_s: float = 60.0
+    sweep_batch: int = 1000  # rows of each kind per store transaction
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoggingConfig:
     format: str = "text"  # "text" for people, "json" for one object per line
     level: str = "INFO"  # lowest level written: DEBUG, INFO, WARNING or ERROR
@@ -150,6 +161,7 @@ class Config:
     scores: ScoresConfig = field(default_factory=ScoresConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: str = "embedded default"  # the file this came from, for the logs
 
     @property
@@ -255,6 +267,15 @@ class _LimitsSchema(_Section):
     burst = fields.Integer(strict=True, validate=validate.Range(min=1))
 
 
+class _RetentionSchema(_Section):
+    scores_after_expiry = fields.Float(validate=validate.Range(min=0))
+    requests_after_completion = fields.Float(validate=validate.Range(min=0))
+    sweep_interval = fields.Float(validate=_POSITIVE)
+    sweep_batch = fields.Integer(
+        strict=True, validate=validate.Range(min=1, max=100_000)
+    )
+
+
 class _LoggingSchema(_Section):
     format = fields.String(validate=validate.OneOf(["text", "json"]))
     level = fields.String(validate=validate.OneOf(LOG_LEVELS))
@@ -270,6 +291,7 @@ class _ConfigSchema(_Section):
     scores = fields.Nested(_ScoresSchema)
     logging = fields.Nested(_LoggingSchema)
     limits = fields.Nested(_LimitsSchema)
+    retention = fields.Nested(_RetentionSchema)
 
 
 # TOML keys whose dataclass field adds the unit to the name.
@@ -293,6 +315,9 @@ _FIELD_NAMES = {
         "held_window",
         "handshake_recheck",
         "fetch_expected_within",
+        "scores_after_expiry",
+        "requests_after_completion",
+        "sweep_interval",
     )
 }
 
@@ -350,6 +375,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         scores=ScoresConfig(**_dataclass_fields(data.get("scores", {}))),
         limits=LimitsConfig(**_dataclass_fields(data.get("limits", {}))),
         logging=LoggingConfig(**_dataclass_fields(data.get("logging", {}))),
+        retention=RetentionConfig(**_dataclass_fields(data.get("retention", {}))),
         source=source,
     )
 
