@@ -27,6 +27,7 @@ from webhooks.netpolicy import NetworkPolicy
 from webhooks.openapi import add_openapi_document
 from webhooks.problems import problem_middleware
 from webhooks.ratelimit import TokenBuckets
+from webhooks.retention import RetentionSweep
 from webhooks.resolver import policy_connector
 from webhooks.service import ScoreService
 from webhooks.state import STATE, AppState
@@ -226,10 +227,18 @@ def create_app(
                     released,
                     extra={"event": "leases_recovered", "count": released},
                 )
+        retention = RetentionSweep(
+            active_store,
+            config.retention,
+            idempotency_window_s=config.scores.idempotency_window_s,
+            metrics=metrics,
+        )
         await dispatcher.start()
+        retention.start()
         try:
             yield
         finally:
+            await retention.stop()
             await dispatcher.stop()
             await session.close()
             await backend_session.close()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,6 +22,7 @@ from store import Store
 from store.records import DeliveryRecord
 from webhooks import events
 from webhooks.attempts import HttpResult, outcome_class
+from webhooks.retention import SWEEP_KINDS
 from webhooks.state import STATE
 from webhooks.timefmt import utc_now
 
@@ -130,6 +131,30 @@ class Metrics:
             registry=registry,
         )
 
+        self.retention_deleted = Counter(
+            "webhooks_retention_deleted_total",
+            "Rows deleted, scrubbed or failed by the retention sweep, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.retention_last_sweep = Gauge(
+            "webhooks_retention_last_sweep_timestamp_seconds",
+            "Unix time at which the last retention sweep of this process completed.",
+            registry=registry,
+        )
+        self.retention_sweep_failures = Counter(
+            "webhooks_retention_sweep_failures_total",
+            "Retention sweeps that stopped with an error.",
+            registry=registry,
+        )
+        self.requests_unfetched = Gauge(
+            "webhooks_requests_delivered_not_fetched",
+            "Requests whose webhook was accepted longer than "
+            "scores.fetch_expected_within ago and whose result was never read, "
+            "as last counted in the store.",
+            registry=registry,
+        )
+
         self._initialise_labels()
         self._counted_at_monotonic: float | None = None
         self._count_lock = asyncio.Lock()
@@ -142,6 +167,8 @@ class Metrics:
                 self.attempts.labels(event_type, outcome)
         for state in DELIVERY_STATES:
             self.deliveries.labels(state)
+        for kind in SWEEP_KINDS:
+            self.retention_deleted.labels(kind)
 
     def watch_circuits(self, open_count: Callable[[], int]) -> None:
         """Read the number of open circuits from ``open_count`` at each scrape."""
@@ -167,8 +194,13 @@ class Metrics:
                 max(0.0, delay_s)
             )
 
-    async def count_deliveries(self, store: Store) -> None:
+    async def count_deliveries(
+        self, store: Store, fetch_expected_within_s: float | None = None
+    ) -> None:
         """Refresh the delivery gauges unless they were counted recently.
+
+        With ``fetch_expected_within_s``, the same refresh counts the
+        requests delivered longer ago than that and never fetched.
 
         A count that fails or times out keeps the previous values, which
         the timestamp gauge shows as stale.
@@ -183,7 +215,13 @@ class Metrics:
             self._counted_at_monotonic = time.monotonic()
             try:
                 async with asyncio.timeout(COUNT_TIMEOUT_S):
-                    counts = await store.count_deliveries_by_state(utc_now())
+                    now = utc_now()
+                    counts = await store.count_deliveries_by_state(now)
+                    unfetched = None
+                    if fetch_expected_within_s is not None:
+                        unfetched = await store.count_unfetched_requests(
+                            now - timedelta(seconds=fetch_expected_within_s)
+                        )
             except Exception as exc:  # a failing store must not break the scrape
                 self.delivery_count_failures.inc()
                 log.warning(
@@ -194,6 +232,8 @@ class Metrics:
                 return
         for state in DELIVERY_STATES:
             self.deliveries.labels(state).set(counts.get(state, 0))
+        if unfetched is not None:
+            self.requests_unfetched.set(unfetched)
         self.deliveries_counted.set(time.time())
 
     def exposition(self) -> bytes:
@@ -252,7 +292,9 @@ async def serve_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     state = request.app.get(STATE)
     if state is not None:
-        await metrics.count_deliveries(state.store)
+        await metrics.count_deliveries(
+            state.store, state.config.scores.fetch_expected_within_s
+        )
     return web.Response(
         body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
     )
