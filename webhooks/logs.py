@@ -158,6 +158,10 @@ def configure_logging(
 ) -> RepeatFilter:
     """Send every log record at ``level`` and above to ``stream`` (standard error).
 
+    aiosqlite's records stay at INFO and above even at DEBUG, because at
+    DEBUG it logs each SQL statement with its parameters, customer IDs
+    included.
+
     Replaces the handler that an earlier call installed. Returns the repeat
     filter, whose ``flush`` the caller runs when the process stops, because
     a summary otherwise waits for the next record that passes the filter.
@@ -176,4 +180,5 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     return repeats
