@@ -269,6 +269,7 @@ def _seed(session: requests.Session, live: LiveService) -> tuple[str, dict[str, 
     )
     assert response.status_code == 201, response.text
     api_key = response.json()["api_key"]
+    client_id = response.json()["client_id"]
     response = session.post(
         f"{live.base_url}/v1/score-requests",
         json={"customer_id": "cust-1", "callback_url": live.callback_url},
@@ -279,6 +280,7 @@ def _seed(session: requests.Session, live: LiveService) -> tuple[str, dict[str, 
     response = session.get(f"{live.base_url}/v1/admin/deliveries", headers=admin)
     delivery_id = response.json()["deliveries"][0]["id"]
     ids = {
+        "client_id": client_id,
         "correlation_id": correlation_id,
         "customer_id": "cust-1",
         "delivery_id": delivery_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from store.records import DeliveryFilter, DeliveryStatus
 from webhooks import bodies, events
 from webhooks.auth import require_admin
 from webhooks.clients import create_client
+from webhooks.erasure import ClientNotFound, erase_customer, erasure_resource
 from webhooks.problems import Conflict, NotFound, ValidationFailed
 from webhooks.resource_schemas import CreatedClientResource
 from webhooks.resources import (
@@ -18,7 +20,7 @@ from webhooks.resources import (
     delivery_page_resource,
     delivery_resource,
 )
-from webhooks.schemas import ClientBody
+from webhooks.schemas import CUSTOMER_ID_PATTERN, ClientBody
 from webhooks.state import STATE
 from webhooks.timefmt import utc_now
 
@@ -121,3 +123,29 @@ async def replay_delivery(request: web.Request) -> web.Response:
     updated = await store.get_delivery(delivery_id)
     assert updated is not None
     return web.json_response(delivery_resource(updated), status=202)
+
+
+@routes.delete("/v1/admin/clients/{client_id}/customers/{customer_id}")
+async def erase_client_customer(request: web.Request) -> web.Response:
+    """Erase a client's customer and return the rows changed per table."""
+    require_admin(request)
+    state = request.app[STATE]
+    client_id = request.match_info["client_id"]
+    customer_id = request.match_info["customer_id"]
+    if not re.match(CUSTOMER_ID_PATTERN, customer_id):
+        message = "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -"
+        raise ValidationFailed(
+            f"customer_id {message}", errors={"customer_id": [message]}
+        )
+    try:
+        erasure = await erase_customer(
+            state.store,
+            state.config.master_key,
+            client_id,
+            customer_id,
+            requested_by="admin-api",
+            now=utc_now(),
+        )
+    except ClientNotFound:
+        raise NotFound(f"no client {client_id!r}") from None
+    return web.json_response(erasure_resource(erasure))

@@ -31,6 +31,7 @@ from webhooks.resource_schemas import (
     DeliveryDetailResource,
     DeliveryPageResource,
     DeliveryResource,
+    ErasureResource,
     HealthResource,
     ProblemDocument,
     ReadinessResource,
@@ -317,6 +318,30 @@ def _operations(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
             **_secured("AdminToken", 404, 409),
             "parameters": [delivery_id],
             "responses": {"202": _json(DeliveryResource, "The delivery, due now.")},
+        },
+        ("DELETE", "/v1/admin/clients/{client_id}/customers/{customer_id}"): {
+            "summary": "Erase a client's customer",
+            "description": (
+                "In one transaction: deletes the customer's scores, idempotency "
+                "records and request timelines, clears request metadata, cancels "
+                "pending and held deliveries, fails pending requests, and replaces "
+                "the customer ID in every row kept by a keyed hash. An audit "
+                "record keeps the hash, never the ID. Repeating it changes "
+                "nothing more but adds another audit record."
+            ),
+            "tags": ["operators"],
+            **_secured("AdminToken", 404, 422),
+            "parameters": [
+                _path_id("client_id", "The ID of a client."),
+                _path_id(
+                    "customer_id",
+                    "The client's reference of the customer.",
+                    _ecma_pattern(CUSTOMER_ID_PATTERN),
+                ),
+            ],
+            "responses": {
+                "200": _json(ErasureResource, "Erased; the rows changed per table.")
+            },
         },
         ("GET", "/v1/score-requests/{correlation_id}/timeline"): {
             "summary": "Follow one of your requests step by step",

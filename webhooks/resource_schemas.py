@@ -340,3 +340,23 @@ class ClientHealthResource(Schema):
     held_count = fields.Integer(required=True)
     failed_count = fields.Integer(required=True)
     receivers = fields.List(fields.Nested(ReceiverHealthResource), required=True)
+
+
+class ErasureResource(Schema):
+    erasure_id = _text("The ID of the audit record of this erasure.")
+    client_id = _text("The client whose customer was erased.")
+    customer_hash = _text(
+        "The keyed hash that replaced the customer ID in every row kept: "
+        "HMAC-SHA256 in hex, under a key derived from security.master_key."
+    )
+    requested_by = fields.String(
+        required=True, metadata={"enum": ["cli", "admin-api"]}
+    )
+    erased_at = Timestamp(required=True)
+    rows_changed = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "Rows deleted or changed, per table."},
+    )
+    total_rows_changed = fields.Integer(required=True)

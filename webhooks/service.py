@@ -306,6 +306,12 @@ class ScoreService:
             if computation.status is not RequestStatus.PENDING:
                 if computation.result_fingerprint == fingerprint:
                     return request, False
+                if computation.result_fingerprint is None:
+                    # Only an erasure completes a computation without a result.
+                    raise Conflict(
+                        f"the customer of {correlation_id!r} was erased, so its "
+                        "result is no longer accepted"
+                    )
                 raise Conflict(
                     f"a different result is already stored for {correlation_id!r}; "
                     "a result cannot change"
