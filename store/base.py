@@ -322,8 +322,8 @@ class Store(Protocol):
         Returns the rows changed per kind: ``score``, ``request_metadata``,
         ``timeline_entry`` and ``idempotency_key``; a count below ``limit``
         means none of that kind is left. Scores whose ``valid_until`` is
-        before ``scores_before`` are deleted, and the requests they answered
-        keep no score. Requests completed before ``requests_before`` lose
+        before ``scores_before`` are deleted, and the requests that used
+        them keep no score. Requests completed before ``requests_before`` lose
         their metadata, and their timeline entries written before then are
         deleted. Idempotency keys stored before ``idempotency_before`` go.
         A request with a pending or held delivery keeps its score, metadata
@@ -337,8 +337,8 @@ class Store(Protocol):
 
         In one transaction, scores, metadata, idempotency records and
         timeline entries are deleted, and pending and held deliveries
-        cancelled. Pending requests and computations fail with a reason that
-        says the customer was erased, so no later result can store a score
+        cancelled. Pending requests and computations fail, with the reason
+        that the customer was erased, so no later result can store a score
         for them. The customer ID in the remaining rows is replaced by
         ``erasure.customer_hash``: in ID columns, in the ``customer_id``
         members of delivery payloads, and wherever it occurs in their URLs,

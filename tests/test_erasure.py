@@ -43,13 +43,13 @@ class Seeded:
 
     client: NewClient
     failed_id: str  # the backend failed it with a reason naming the customer
-    ready_id: str  # answered by the score that the erasure deletes
+    ready_id: str  # completed with the score that the erasure deletes
     reused_id: str  # its webhook fails and waits for a retry
     pending_id: str  # its computation is pending at the backend
 
 
 async def _echo(request: web.Request) -> web.Response:
-    """Answer with the webhook's body, so the response excerpt names the customer."""
+    """Return the webhook's body as the response, so the excerpt names the customer."""
     return web.Response(status=200, body=await request.read())
 
 

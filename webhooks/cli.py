@@ -130,8 +130,9 @@ async def _erase_customer(
         pool_size=config.store.pool_size,
     )
     try:
-        # The keyed hash depends on the master key, so a wrong key would
-        # record a hash under which nobody finds the erasure again.
+        # The keyed hash depends on the master key. A wrong key would store
+        # a hash that the right key never reproduces, so the audit record
+        # could not be found again.
         await verify_master_key(store, SecretBox(config.master_key))
         erasure = await erase_customer(
             store,

@@ -64,7 +64,7 @@ class RetentionSweep:
 
         A store transaction is not cancelled midway, because a cancelled
         ``BEGIN`` could leave the SQLite writer connection inside a
-        transaction that nobody commits. Only a batch that takes longer
+        transaction that is never committed. Only a batch that takes longer
         than ``_STOP_TIMEOUT_S`` is cancelled.
         """
         if self._task is None:
