@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -578,12 +580,17 @@ class SqliteStore(_Reads):
         self._write_lock = asyncio.Lock()
         self._group: _CommitGroup | None = None  # the open write transaction
         self._listeners: list[Callable[[], None]] = []
+        self._dispatch_lock: int | None = None  # file descriptor holding the flock
 
     @classmethod
     async def open(cls, url: str, *, synchronous: str = "full") -> SqliteStore:
         """Open the file, creating it and its folder, and apply pending migrations."""
         path = path_from_url(url)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Readable by the owner only, like the secrets beside it; SQLite
+            # gives the -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         writer = await cls._connect(path, synchronous)
         try:
             await _migrate(writer)
@@ -612,6 +619,9 @@ class SqliteStore(_Reads):
         return db
 
     async def close(self) -> None:
+        if self._dispatch_lock is not None:
+            os.close(self._dispatch_lock)
+            self._dispatch_lock = None
         if self._group is not None:
             await asyncio.gather(self._group.committed, return_exceptions=True)
         await self._db.close()
@@ -887,6 +897,24 @@ class SqliteStore(_Reads):
                WHERE lease_owner = ?""",
             (owner,),
         )
+
+    def lock_for_dispatch(self) -> None:
+        """Take the file lock that lets one process at a time dispatch from this file.
+
+        The lock ends with the process, so a killed service does not block
+        its restart. Raises StoreError while another process holds it.
+        """
+        lock_path = self.path.with_name(self.path.name + ".dispatch.lock")
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise StoreError(
+                f"another process is dispatching from {self.path}; run one "
+                "webhooks serve per SQLite file, or PostgreSQL for several"
+            ) from None
+        self._dispatch_lock = descriptor
 
     async def release_all_leases(self) -> int:
         return await self._write(

@@ -249,11 +249,17 @@ async def test_bulk_replay_shows_count_first(
 
 
 async def _save_screenshot(page: Page, service: Service) -> None:
-    """Save the deliveries page, with failed and delivered rows, for the README."""
+    """Take a screenshot of the deliveries page, with failed and delivered rows.
+
+    It replaces the README's picture only when WEBHOOKS_UPDATE_SCREENSHOT=1,
+    so a test run leaves the working tree unchanged.
+    """
     await page.goto(str(service.http.make_url("/console/deliveries")))
     await expect(page.locator("table.deliveries")).to_contain_text("failed")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    await page.screenshot(path=SCREENSHOT, full_page=True)
+    picture = await page.screenshot(full_page=True)
+    assert picture.startswith(b"\x89PNG")
+    if os.environ.get("WEBHOOKS_UPDATE_SCREENSHOT") == "1":
+        SCREENSHOT.write_bytes(picture)
 
 
 async def test_console_keyboard_only(page: Page, service: Service) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,13 @@ import pytest
 from aiohttp import web
 
 from conftest import wait_for
-from processes import ServiceProcess, free_port, seed_deliveries, write_config
+from processes import (
+    ServiceProcess,
+    free_port,
+    new_secrets,
+    seed_deliveries,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +133,33 @@ async def test_sigterm_exits_cleanly_without_leases(
     # Attempts in flight at the signal finished and their outcomes were kept.
     assert delivered >= 4
     assert delivered < 40
+
+
+async def test_second_service_on_same_file_refused(
+    tmp_path: Path, processes: list[ServiceProcess]
+) -> None:
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    secrets = new_secrets()
+    first = ServiceProcess(
+        write_config(tmp_path / "first.toml", free_port(), store_url, secrets=secrets),
+        0,
+    )
+    first.port = int(first.config_path.read_text().split("port = ")[1].split()[0])
+    processes.append(first)
+    await first.start()
+
+    same_port = write_config(tmp_path / "same-port.toml", first.port, store_url, secrets=secrets)
+    same_file = write_config(tmp_path / "same-file.toml", free_port(), store_url, secrets=secrets)
+    for path, expected in ((same_port, "cannot listen"), (same_file, "another process")):
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "webhooks", "serve", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 1, path.name
+        assert expected in result.stderr, path.name
+        assert "Traceback" not in result.stderr, path.name
+    assert first.process is not None
+    assert first.process.poll() is None

@@ -167,7 +167,9 @@ REJECTED = [
     pytest.param(
         "http://a\u200d.example/", "not a valid URL", id="idna-zero-width-joiner"
     ),
-    pytest.param("http://ex ample.example/", IDNA, id="host-with-space"),
+    pytest.param(
+        "http://ex ample.example/", "spaces or control characters", id="host-with-space"
+    ),
     pytest.param("http://under_score.example/", IDNA, id="host-with-underscore"),
     pytest.param("http://-start.example/", IDNA, id="host-leading-hyphen"),
     pytest.param("http://" + "a" * 64 + ".example/", IDNA, id="host-label-too-long"),

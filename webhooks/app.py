@@ -148,6 +148,9 @@ def create_app(
         box = SecretBox(config.master_key)
         keyring = Keyring(active_store, box, config.backend.signing_secret)
         try:
+            if active_store.kind == "sqlite":
+                # One dispatcher per SQLite file; a second service stops here.
+                active_store.lock_for_dispatch()
             # A wrong master key stops the start here, before any write.
             await service_keys.verify_master_key(active_store, box)
             await keyring.service_keys()  # creates the Ed25519 key on first start
@@ -217,8 +220,8 @@ def create_app(
             admin_token_hash=credentials.hash_token(config.admin.token),
         )
         if active_store.kind == "sqlite":
-            # One dispatcher per SQLite file: leases left by a killed process
-            # are this process's to take back at once.
+            # This process holds the file's dispatch lock, so leases left by
+            # a killed process are its to take back at once.
             released = await active_store.release_all_leases()
             metrics.leases_recovered.inc(released)
             if released:

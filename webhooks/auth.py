@@ -13,9 +13,13 @@ from webhooks.state import STATE
 def _bearer_token(request: web.Request, what: str) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized(f"send the {what} as 'Authorization: Bearer <token>'")
-    return token.strip()
+    # Keys and tokens are printable ASCII; anything else cannot match.
+    if not token.isascii() or not token.isprintable():
+        raise Unauthorized(f"the {what} is not valid")
+    return token
 
 
 async def authenticate_client(request: web.Request) -> ClientRecord:

@@ -3,31 +3,55 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
-from webhooks.problems import BadRequest, UnsupportedMediaType, ValidationFailed
+from webhooks.problems import (
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from webhooks.state import STATE
 
 MAX_JSON_DEPTH = 32
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Return the nesting depth of ``value``, stopping early past ``limit``."""
-    deepest = 0
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_tree(value: Any, limit: int) -> str | None:
+    """Return why a parsed document is unacceptable, or None.
+
+    Containers may nest ``limit`` levels deep. Strings must be storable
+    text: no NUL and no lone UTF-16 surrogate, which JSON escapes can
+    produce. Numbers must be finite (``1e400`` parses as infinity).
+    """
     stack = [(value, 1)]
     while stack:
         item, level = stack.pop()
-        if level > limit:
-            return level
-        if isinstance(item, dict):
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in item.values())
-        elif isinstance(item, list):
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in item)
-    return deepest
+        if isinstance(item, dict | list):
+            if level > limit:
+                return f"the JSON nests deeper than {limit} levels"
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, str):
+                    stack.append((key, level))
+                stack.append((child, level + 1))
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "strings must not contain the NUL character (\\u0000)"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "strings must not contain a lone surrogate such as \\udc80"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "numbers must be finite"
+    return None
 
 
 def _is_json(content_type: str) -> bool:
@@ -37,23 +61,31 @@ def _is_json(content_type: str) -> bool:
 
 
 async def read_json(request: web.Request) -> Any:
-    """Return the parsed body; raise a problem for a wrong type or bad JSON.
+    """Return the parsed body; raise a problem for a wrong type, size or bad JSON.
 
-    aiohttp raises 413 while reading once the body passes ``client_max_size``.
+    A declared Content-Length over ``client_max_size`` gets 413 before the
+    body is read; aiohttp raises 413 while reading once an undeclared body
+    passes it.
     """
     if not _is_json(request.content_type):
         raise UnsupportedMediaType(
             f"send the body as application/json, not {request.content_type!r}"
         )
+    limit = request.config_dict[STATE].config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
     raw = await request.read()
     try:
-        document = json.loads(raw)
+        document = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, NaN and Infinity, and numbers
+        # longer than Python's integer conversion limit are all ValueErrors.
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    if _depth(document, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise BadRequest(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    reason = _check_tree(document, MAX_JSON_DEPTH)
+    if reason is not None:
+        raise BadRequest(reason)
     return document
 
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -54,11 +55,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     repeats = _configure_logging(config, args)
+    # Listening first means a second service on a taken port stops before
+    # its dispatcher touches the store.
+    listener = _listen(config.server.host, config.server.port)
     try:
         web.run_app(
             create_app(config),
-            host=config.server.host,
-            port=config.server.port,
+            sock=listener,
             print=None,
             access_log=None,
             shutdown_timeout=config.delivery.shutdown_grace_s,
@@ -66,6 +69,28 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         repeats.flush()
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Return a listening socket; raise ListenError if the address is taken."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, protocol)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(1024)
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop the "
+            "process using it or set server.port"
+        ) from None
+    return listener
+
+
+class ListenError(Exception):
+    """The service cannot listen on its configured address."""
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -78,7 +103,9 @@ def _check_config(args: argparse.Namespace) -> int:
             config = embedded_config(write_secrets=False)
     except ConfigError as exc:
         for problem in str(exc).splitlines():
-            print(f"{source}: {problem}", file=sys.stderr)
+            # Problems with the file itself already start with its path.
+            prefix = "" if problem.startswith(f"{source}: ") else f"{source}: "
+            print(f"{prefix}{problem}", file=sys.stderr)
         return 2
 
     print(f"{config.source}: valid")
@@ -112,9 +139,18 @@ async def _create_client(config: Config, name: str) -> dict[str, str]:
     }
 
 
+class ArgumentError(Exception):
+    """A command-line argument is invalid."""
+
+
 def _clients_create(args: argparse.Namespace) -> int:
-    if not args.name.strip() or len(args.name) > 200:
-        raise ConfigError("NAME must be 1 to 200 characters")
+    name = args.name
+    if not name.strip() or len(name) > 200 or not name.isprintable():
+        raise ArgumentError("NAME must be 1 to 200 printable characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ArgumentError("NAME must be valid UTF-8 text") from None
     config = _load(args.config)
     _configure_logging(config, args)
     print(json.dumps(asyncio.run(_create_client(config, args.name))))
@@ -259,6 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"webhooks: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except ArgumentError as exc:
+        print(f"webhooks: invalid argument: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"webhooks: {exc}", file=sys.stderr)
+        return 1
     except StoreError as exc:
         print(f"webhooks: store failed: {exc}", file=sys.stderr)
         return 1

@@ -174,6 +174,11 @@ def _url(schemes: tuple[str, ...]) -> validate.URL:
 
 
 _POSITIVE = validate.Range(min=0, min_inclusive=False)
+# Durations beyond ten years are mistakes, and far larger ones overflow the
+# datetime arithmetic of a running service.
+MAX_DURATION_S = 10 * 365 * 86400
+_DURATION = validate.Range(min=0, max=MAX_DURATION_S)
+_POSITIVE_DURATION = validate.Range(min=0, max=MAX_DURATION_S, min_inclusive=False)
 
 
 class _Section(Schema):
@@ -189,7 +194,12 @@ class _ServerSchema(_Section):
 
 
 class _StoreSchema(_Section):
-    url = fields.String(validate=validate.Regexp(r"^(sqlite|postgresql)://"))
+    url = fields.String(
+        validate=validate.Regexp(
+            r"^(sqlite|postgresql)://",
+            error="must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB",
+        )
+    )
     synchronous = fields.String(validate=validate.OneOf(["full", "normal"]))
     pool_size = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000))
 
@@ -211,12 +221,12 @@ class _BackendSchema(_Section):
 class _AdminSchema(_Section):
     token = fields.String(validate=validate.Length(min=16))
     console_login_delay = fields.Float(validate=validate.Range(min=0, max=60))
-    console_session_lifetime = fields.Float(validate=_POSITIVE)
+    console_session_lifetime = fields.Float(validate=_POSITIVE_DURATION)
 
 
 class _SecuritySchema(_Section):
     master_key = fields.String()
-    rotation_overlap = fields.Float(validate=validate.Range(min=0))
+    rotation_overlap = fields.Float(validate=_DURATION)
 
     @validates_schema
     def _check_key(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -228,22 +238,22 @@ class _SecuritySchema(_Section):
 
 
 class _DeliverySchema(_Section):
-    retry_schedule = fields.List(fields.Float(validate=validate.Range(min=0)))
+    retry_schedule = fields.List(fields.Float(validate=_DURATION))
     jitter = fields.Float(validate=validate.Range(min=0, max=1))
-    connect_timeout = fields.Float(validate=_POSITIVE)
-    attempt_timeout = fields.Float(validate=_POSITIVE)
-    retry_after_max = fields.Float(validate=validate.Range(min=0))
+    connect_timeout = fields.Float(validate=_POSITIVE_DURATION)
+    attempt_timeout = fields.Float(validate=_POSITIVE_DURATION)
+    retry_after_max = fields.Float(validate=_DURATION)
     max_in_flight = fields.Integer(strict=True, validate=validate.Range(min=1))
     max_in_flight_per_host = fields.Integer(strict=True, validate=validate.Range(min=1))
     circuit_failure_threshold = fields.Integer(strict=True, validate=validate.Range(min=1))
-    circuit_cooldown = fields.Float(validate=validate.Range(min=0))
-    shutdown_grace = fields.Float(validate=validate.Range(min=0))
-    lease_margin = fields.Float(validate=_POSITIVE)
-    poll_interval = fields.Float(validate=_POSITIVE)
-    held_window = fields.Float(validate=validate.Range(min=0))
+    circuit_cooldown = fields.Float(validate=_DURATION)
+    shutdown_grace = fields.Float(validate=_DURATION)
+    lease_margin = fields.Float(validate=_POSITIVE_DURATION)
+    poll_interval = fields.Float(validate=_POSITIVE_DURATION)
+    held_window = fields.Float(validate=_DURATION)
     held_release_per_second = fields.Float(validate=_POSITIVE)
     verify_callback_origin = fields.Boolean(truthy={True}, falsy={False})
-    handshake_recheck = fields.Float(validate=validate.Range(min=0))
+    handshake_recheck = fields.Float(validate=_DURATION)
     allow_http = fields.Boolean(truthy={True}, falsy={False})
     allow_private_networks = fields.Boolean(truthy={True}, falsy={False})
 
@@ -251,10 +261,12 @@ class _DeliverySchema(_Section):
 class _ScoresSchema(_Section):
     min = fields.Integer(strict=True)
     max = fields.Integer(strict=True)
-    default_validity = fields.Float(validate=_POSITIVE)
+    default_validity = fields.Float(validate=_POSITIVE_DURATION)
     poll_hint = fields.Integer(strict=True, validate=validate.Range(min=1))
-    idempotency_window = fields.Float(validate=validate.Range(min=86400))
-    fetch_expected_within = fields.Float(validate=_POSITIVE)
+    idempotency_window = fields.Float(
+        validate=validate.Range(min=86400, max=MAX_DURATION_S)
+    )
+    fetch_expected_within = fields.Float(validate=_POSITIVE_DURATION)
 
     @validates_schema
     def _check_range(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -268,9 +280,9 @@ class _LimitsSchema(_Section):
 
 
 class _RetentionSchema(_Section):
-    scores_after_expiry = fields.Float(validate=validate.Range(min=0))
-    requests_after_completion = fields.Float(validate=validate.Range(min=0))
-    sweep_interval = fields.Float(validate=_POSITIVE)
+    scores_after_expiry = fields.Float(validate=_DURATION)
+    requests_after_completion = fields.Float(validate=_DURATION)
+    sweep_interval = fields.Float(validate=_POSITIVE_DURATION)
     sweep_batch = fields.Integer(
         strict=True, validate=validate.Range(min=1, max=100_000)
     )
@@ -389,6 +401,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
         raise ConfigError(f"{path}: configuration file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror}") from None
     _apply_environment(raw, environ)
     return _build(raw, source=str(path))
 

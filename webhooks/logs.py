@@ -85,6 +85,10 @@ class RepeatFilter(logging.Filter):
         event = getattr(record, "event", None)
         if record.levelno < logging.INFO or event is None or event == SUMMARY_EVENT:
             return True
+        if record.exc_info:
+            # A traceback of an unexpected error is never suppressed: two
+            # errors of one exception type can have different causes.
+            return True
         now = self._clock()
         self._log_summaries(self._take_ended(now))
 

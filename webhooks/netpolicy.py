@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import unicodedata
 from dataclasses import dataclass
 
 import idna
@@ -44,6 +45,13 @@ class NetworkPolicy:
         """
         if len(text) > MAX_URL_LENGTH:
             raise PolicyViolation(f"the URL is longer than {MAX_URL_LENGTH} characters")
+        if any(char.isspace() or unicodedata.category(char) == "Cc" for char in text):
+            # yarl drops some of these silently, so the stored URL would not
+            # be the one used; percent-encode them instead.
+            raise PolicyViolation(
+                "the URL must not contain spaces or control characters; "
+                "percent-encode them"
+            )
         try:
             url = URL(text)
         except UnicodeError as exc:

@@ -107,11 +107,13 @@ def problem_response(problem: Problem) -> web.Response:
     )
 
 
-def _from_http_error(error: web.HTTPException) -> Problem:
+def _from_http_error(error: web.HTTPException, request: web.Request) -> Problem:
     if isinstance(error, web.HTTPRequestEntityTooLarge):
+        # aiohttp 3.14 keeps the limit only on the request, as a private field.
+        limit = getattr(request, "_client_max_size", None)
         return PayloadTooLarge(
-            f"the body exceeds the limit of {error.max_size} bytes"
-            if hasattr(error, "max_size")
+            f"the body exceeds the limit of {limit} bytes"
+            if limit
             else "the body exceeds the configured limit"
         )
     problem = Problem(error.reason)
@@ -124,19 +126,48 @@ def _from_http_error(error: web.HTTPException) -> Problem:
     return problem
 
 
+def _has_control_character(text: str) -> bool:
+    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+
+
+def _reject_control_characters(request: web.Request) -> None:
+    """Reject control characters in the path (404) or a query parameter (422).
+
+    No ID contains one, and PostgreSQL cannot store NUL in text.
+    """
+    if _has_control_character(request.path):
+        raise NotFound("the path contains a control character, so no such resource exists")
+    for name, value in request.query.items():
+        if _has_control_character(name) or _has_control_character(value):
+            raise ValidationFailed(
+                "query parameters must not contain control characters",
+                errors={name[:64]: ["must not contain control characters"]},
+            )
+
+
 @web.middleware
 async def problem_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Render every error as a problem document; log the unexpected ones."""
     try:
+        _reject_control_characters(request)
         return await handler(request)
     except Problem as problem:
         return problem_response(problem)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return problem_response(_from_http_error(error))
+        return problem_response(_from_http_error(error, request))
+    except ConnectionResetError:
+        # The client went away before the response; there is no one to answer.
+        log.debug(
+            "client closed the connection during %s %s",
+            request.method,
+            request.rel_url.path,
+            extra={"event": "client_disconnected"},
+        )
+        raise
     except Exception:
         log.exception(
             "unhandled error on %s %s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
@@ -14,6 +15,9 @@ from webhooks.timefmt import utc_now
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}\Z"
 MAX_METADATA_BYTES = 4096
 MAX_REASON_LENGTH = 500
+# Far enough for any real validity, and near enough that every time stays
+# within what datetime can represent in any offset.
+MAX_VALIDITY = timedelta(days=36525)
 
 customer_id_field = validate.Regexp(
     CUSTOMER_ID_PATTERN,
@@ -76,8 +80,11 @@ class ResultBody(_Strict):
                     f"must be between {self.score_min} and {self.score_max}"
                 ]
             valid_until = data.get("valid_until")
-            if valid_until is not None and valid_until <= utc_now():
+            now = utc_now()
+            if valid_until is not None and valid_until <= now:
                 errors["valid_until"] = ["must be in the future"]
+            elif valid_until is not None and valid_until > now + MAX_VALIDITY:
+                errors["valid_until"] = ["must be at most 100 years ahead"]
             if "reason" in data:
                 errors["reason"] = ["only allowed when outcome is failed"]
         if data.get("outcome") == "failed":

@@ -27,6 +27,7 @@ MAX_PAGE_SIZE = 500
 _MAX_ID_LENGTH = 64
 _DURATION = re.compile(r"^(\d{1,9})([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_MAX_DURATION_S = 3650 * 86400
 
 _TIMELINE = TimelineResource()
 _CLIENT_DELIVERY_PAGE = ClientDeliveryPageResource()
@@ -38,7 +39,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if match is None:
         raise ValueError("a duration is a whole number with s, m, h or d, such as 2h")
-    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds > _MAX_DURATION_S:
+        raise ValueError("a duration is at most 3650d")
+    return timedelta(seconds=seconds)
 
 
 class Duration(fields.Field):
