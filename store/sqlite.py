@@ -649,11 +649,14 @@ class SqliteStore(_Reads):
         async with self._write_lock:
             group = self._group
             if group is None:
-                await self._writer.execute("BEGIN IMMEDIATE")
                 group = self._group = _CommitGroup()
                 # The lock is FIFO: the commit runs after the bodies queued
                 # now, and bodies that queue later start the next group.
                 group.committer = asyncio.create_task(self._commit(group))
+                # The group exists before BEGIN is awaited: a caller cancelled
+                # here does not stop the BEGIN, which aiosqlite's thread runs
+                # anyway, and the group's COMMIT then ends that transaction.
+                await self._writer.execute("BEGIN IMMEDIATE")
             transaction = _SqliteTransaction(self._writer)
             await self._writer.execute("SAVEPOINT member")
             try:
@@ -675,6 +678,13 @@ class SqliteStore(_Reads):
             self._group = None
             try:
                 await self._writer.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "no transaction is active" not in str(exc):
+                    await _roll_back(self._writer)
+                    group.committed.set_exception(exc)
+                    return
+                # BEGIN failed, and its caller got that error; nothing to end.
+                group.committed.set_result(None)
             except BaseException as exc:
                 await _roll_back(self._writer)
                 group.committed.set_exception(exc)

@@ -294,3 +294,25 @@ async def test_transaction_exits_only_after_commit(tmp_path: Path) -> None:
         await store.close()
 
     assert seen_after_exit == [True] * 20
+
+
+async def test_cancelled_transaction_leaves_store_usable(tmp_path) -> None:
+    """A caller cancelled while its transaction starts does not wedge the writer."""
+    store = await open_store(f"sqlite:///{tmp_path / 'cancel.sqlite3'}")
+    try:
+        for delay_s in (0, 0.0001, 0.001):
+            async def write_forever() -> None:
+                while True:
+                    async with store.transaction() as transaction:
+                        await transaction.add_timeline_entries([])
+
+            task = asyncio.create_task(write_forever())
+            await asyncio.sleep(delay_s)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        async with store.transaction() as transaction:
+            await transaction.mark_fetched(["req_none"], utc_now())
+        assert await store.next_due_at() is None
+    finally:
+        await store.close()
