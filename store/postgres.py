@@ -24,24 +24,24 @@ from store import postgres_retention, rows
 from store.base import MigrationError, StoreError, UniqueViolation
 from store.records import (
     AttemptOutcome,
+    AttemptRecord,
     Audience,
     CallbackOrigin,
-    DeliveryStatus,
-    ErasureRecord,
-    ReceiverHealth,
-    TimelineEntry,
-    AttemptRecord,
     ClientRecord,
     ComputationRecord,
     DeliveryFilter,
     DeliveryPage,
     DeliveryRecord,
+    DeliveryStatus,
+    ErasureRecord,
     IdempotencyRecord,
     NewDelivery,
+    ReceiverHealth,
     RequestStatus,
     SchemaVersion,
     ScoreRecord,
     ScoreRequestRecord,
+    TimelineEntry,
 )
 
 log = logging.getLogger("store.postgres")

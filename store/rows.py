@@ -11,16 +11,16 @@ from store.records import (
     AttemptRecord,
     Audience,
     CallbackOrigin,
-    ErasureRecord,
-    ReceiverHealth,
-    TimelineEntry,
     ClientRecord,
     ComputationRecord,
     DeliveryRecord,
     DeliveryStatus,
+    ErasureRecord,
+    ReceiverHealth,
     RequestStatus,
     ScoreRecord,
     ScoreRequestRecord,
+    TimelineEntry,
 )
 
 # sqlite3.Row and asyncpg.Record both index by column name.

@@ -27,24 +27,24 @@ from store import rows, sqlite_retention
 from store.base import MigrationError, StoreError, UniqueViolation
 from store.records import (
     AttemptOutcome,
+    AttemptRecord,
     Audience,
     CallbackOrigin,
-    ErasureRecord,
-    ReceiverHealth,
-    TimelineEntry,
-    AttemptRecord,
     ClientRecord,
     ComputationRecord,
     DeliveryFilter,
     DeliveryPage,
     DeliveryRecord,
     DeliveryStatus,
+    ErasureRecord,
     IdempotencyRecord,
     NewDelivery,
+    ReceiverHealth,
     RequestStatus,
     SchemaVersion,
     ScoreRecord,
     ScoreRequestRecord,
+    TimelineEntry,
 )
 
 log = logging.getLogger("store.sqlite")

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 
 from store import Store, StoreError, open_store
@@ -24,34 +20,6 @@ from store.records import (
 from store.sqlite import SqliteStore
 from webhooks import ids
 from webhooks.timefmt import utc_now
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: Any, tmp_path: Path) -> AsyncIterator[Store]:
-    """Open an empty store of each kind; PostgreSQL gets a database of its own."""
-    if request.param == "sqlite":
-        opened = await open_store(f"sqlite:///{tmp_path / 'store.sqlite3'}")
-        try:
-            yield opened
-        finally:
-            await opened.close()
-        return
-
-    # postgres_url is async, and pytest-asyncio cannot request an async
-    # fixture from inside another one, so the database is made here.
-    cluster = request.getfixturevalue("postgres_cluster")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(cluster.url())
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        opened = await open_store(cluster.url(name))
-        try:
-            yield opened
-        finally:
-            await opened.close()
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
 
 
 def _delivery(host: str = "127.0.0.1:9", client_id: str | None = None) -> NewDelivery:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
-from standardwebhooks import Webhook
-
 from conftest import Receiver, Service, config_with_backend, wait_for
+
 from webhooks.timefmt import parse_time, utc_now
 
 

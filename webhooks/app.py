@@ -9,13 +9,20 @@ from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 from aiohttp.abc import AbstractResolver
+from yarl import URL
 
 import webhooks
 from store import Store, open_store
-from webhooks import admin_api, tracking_api, backend_api, client_api, credentials, keys_api
-from webhooks import service_keys
+from webhooks import (
+    admin_api,
+    backend_api,
+    client_api,
+    credentials,
+    keys_api,
+    service_keys,
+    tracking_api,
+)
 from webhooks.config import Config
 from webhooks.console import add_console
 from webhooks.credentials import SecretBox
@@ -27,8 +34,8 @@ from webhooks.netpolicy import NetworkPolicy
 from webhooks.openapi import add_openapi_document
 from webhooks.problems import problem_middleware
 from webhooks.ratelimit import TokenBuckets
-from webhooks.retention import RetentionSweep
 from webhooks.resolver import policy_connector
+from webhooks.retention import RetentionSweep
 from webhooks.service import ScoreService
 from webhooks.state import STATE, AppState
 

@@ -7,9 +7,9 @@ transaction, so a response that reports success means the webhook will go out.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
