@@ -137,6 +137,11 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight_by_host: Counter[str] = Counter()
         self._outcomes: asyncio.Queue[AttemptOutcome] = asyncio.Queue()
+        # Outcomes queued or being written. Their leases are still held, so
+        # they count against max_in_flight: a store that records slower
+        # than receivers respond slows the claims instead of letting the
+        # queue, and the age of its leases, grow without bound.
+        self._unrecorded = 0
         self._loop_task: asyncio.Task[None] | None = None
         self._recorder_task: asyncio.Task[None] | None = None
         store.add_new_work_listener(self.wake)
@@ -220,7 +225,7 @@ class Dispatcher:
         return limits
 
     async def _claim_and_start(self) -> int:
-        free = self._config.max_in_flight - len(self._tasks)
+        free = self._config.max_in_flight - len(self._tasks) - self._unrecorded
         if free <= 0:
             return 0
         now = utc_now()
@@ -308,6 +313,7 @@ class Dispatcher:
         else:
             self._circuits.record_failure(delivery.host, time.monotonic())
         self._log_attempt(delivery, result, status, next_attempt_at, error)
+        self._unrecorded += 1
         await self._outcomes.put(
             AttemptOutcome(
                 attempt=AttemptRecord(
@@ -454,3 +460,5 @@ class Dispatcher:
             finally:
                 for _ in batch:
                     self._outcomes.task_done()
+                self._unrecorded -= len(batch)
+                self.wake()
