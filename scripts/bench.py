@@ -287,6 +287,9 @@ class RssSampler:
         window = [mib for at, mib in self.samples if since <= at <= until]
         return round(max(window), 1) if window else 0.0
 
+    def first(self) -> float:
+        return round(self.samples[0][1], 1) if self.samples else 0.0
+
     def at(self, moment: float) -> float:
         before = [mib for at, mib in self.samples if at <= moment]
         return round(before[-1], 1) if before else 0.0
@@ -861,7 +864,7 @@ class Bench:
             "seed_s": round(seed_s, 1),
             "seed_rows_per_s": round(count / seed_s),
             "retry_phase_s": self.sizes.backlog_retry_s,
-            "rss_start_mib": sampler.at(spawned_at + 1),
+            "rss_ready_mib": sampler.first(),
             "rss_early_at_s": self.sizes.rss_early_s,
             "rss_early_mib": sampler.at(spawned_at + self.sizes.rss_early_s),
             "rss_end_of_retries_mib": sampler.at(retry_end),
