@@ -35,7 +35,7 @@ def decode_signing_secret(secret: str) -> bytes:
     except ValueError:
         raise ValueError("a signing secret is whsec_ followed by base64") from None
     if len(key) < 24:
-        raise ValueError("a signing secret holds at least 24 bytes after whsec_")
+        raise ValueError("a signing secret must contain at least 24 bytes after whsec_")
     return key
 
 

@@ -84,7 +84,7 @@ class CallbackHandshake:
             )
             return None, stored is not None
         log.warning(
-            "callback origin %s refused webhooks for client %s: %s",
+            "callback origin %s rejected webhooks for client %s: %s",
             origin,
             client_id,
             reason,

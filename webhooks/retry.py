@@ -15,7 +15,7 @@ def next_delay_s(
 
     ``attempts_made`` counts the attempts of this round, the one just made
     included. The delay grows by a random fraction of up to ``jitter``, so it
-    is never shorter than the schedule says and receivers are not hit by
+    is never shorter than the scheduled delay and receivers are not hit by
     synchronized retries.
     """
     if attempts_made > len(schedule_s):

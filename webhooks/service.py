@@ -154,7 +154,7 @@ class ScoreService:
             status_code = 201
             steps = [_step(request, now, "stored_score_reused", score_id=score.id)]
             log.info(
-                "score request %s answered from a stored score",
+                "score request %s served from a stored score",
                 correlation_id,
                 extra={"event": "score_reused", "correlation_id": correlation_id},
             )
@@ -296,7 +296,7 @@ class ScoreService:
                 raise NotFound(f"no score request {correlation_id!r}")
             if request.computation_id is None:
                 raise Conflict(
-                    "this request was answered from a stored score; "
+                    "this request was served from a stored score; "
                     "the backend was not asked for it"
                 )
             computation = await transaction.get_computation(request.computation_id)

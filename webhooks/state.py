@@ -1,4 +1,4 @@
-"""What the request handlers share, stored on the aiohttp application."""
+"""State shared by the request handlers, stored on the aiohttp application."""
 
 from __future__ import annotations
 
